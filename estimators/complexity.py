@@ -1,0 +1,37 @@
+"""Parameters and FLOPs of a network at a given input size (thop).
+
+"GFLOPs" follows the pose literature (HRNet, ViPNAS, PoseNAS tables): thop's multiply-accumulate
+count at batch 1, divided by 1e9.
+"""
+from __future__ import annotations
+
+import copy
+import contextlib
+import io
+
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_gflops(model: nn.Module, input_size: tuple[int, int]) -> float:
+    """thop MACs at batch 1 for a (1, 3, H, W) input, in units of 1e9 (on a CPU copy of the model)."""
+    from thop import profile
+    probe = copy.deepcopy(model).cpu().eval()
+    x = torch.zeros(1, 3, *input_size)
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        macs, _ = profile(probe, inputs=(x,), verbose=False)
+    return float(macs) / 1e9
+
+
+class ComplexityEstimator:
+    """{"params_M", "GFLOPs"} of a network, the Estimator contract."""
+
+    def __init__(self, input_size: tuple[int, int]):
+        self.input_size = tuple(input_size)
+
+    def __call__(self, model: nn.Module, genotype: object = None) -> dict[str, float]:
+        return {"params_M": count_params(model) / 1e6, "GFLOPs": count_gflops(model, self.input_size)}

@@ -1,0 +1,89 @@
+"""Dataset factories named by the `_target_` of the configs in conf/data/.
+
+Each returns a `PoseData`: the train and val datasets on the same top-down COCO-format code path,
+plus what the model and evaluation need to know about the keypoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+from nas.data.coco import CocoTopDown
+from nas.errors import UserError
+
+
+@dataclass
+class PoseData:
+    name: str
+    train: CocoTopDown
+    val: CocoTopDown
+    input_size: tuple[int, int]
+    heatmap_size: tuple[int, int]
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.val.num_keypoints
+
+    @property
+    def flip_pairs(self) -> Sequence[tuple[int, int]]:
+        return self.val.flip_pairs
+
+
+def _pair(value: Sequence[int], what: str) -> tuple[int, int]:
+    if len(value) != 2:
+        raise UserError(f"{what} must be [height, width], got {list(value)}")
+    return int(value[0]), int(value[1])
+
+
+def _datasets(name: str, root: Path, train_split: str, val_split: str, input_size: Sequence[int],
+              heatmap_size: Sequence[int], sigma: float, augment: dict,
+              max_train: int | None, max_val: int | None) -> PoseData:
+    size, hm = _pair(input_size, "data.input_size"), _pair(heatmap_size, "data.heatmap_size")
+    common = dict(input_size=size, heatmap_size=hm, sigma=sigma)
+    train = CocoTopDown(root, train_split, train=True, max_samples=max_train, **common, **augment)
+    val = CocoTopDown(root, val_split, train=False, max_samples=max_val, **common)
+    return PoseData(name, train, val, size, hm)
+
+
+def synthetic_data(input_size: Sequence[int] = (128, 96), heatmap_size: Sequence[int] = (32, 24),
+                   sigma: float = 1.5, augment: dict | None = None, num_train: int = 1600,
+                   num_val: int = 200, image_size: Sequence[int] = (256, 256), max_people: int = 4,
+                   seed: int = 0, cache_dir: str | None = None, max_train: int | None = None,
+                   max_val: int | None = None) -> PoseData:
+    """The built-in synthetic COCO-format dataset, generated into the cache on first use."""
+    from nas.data.synthetic import SyntheticSpec, ensure_synthetic
+    spec = SyntheticSpec(num_train=num_train, num_val=num_val, image_size=_pair(image_size, "image_size"),
+                         max_people=max_people, seed=seed)
+    root = ensure_synthetic(spec, cache_dir)
+    return _datasets("synthetic", root, "train", "val", input_size, heatmap_size, sigma,
+                     dict(augment or {}), max_train, max_val)
+
+
+def coco_data(root: str, input_size: Sequence[int] = (256, 192), heatmap_size: Sequence[int] = (64, 48),
+              sigma: float = 2.0, augment: dict | None = None, train_split: str = "train2017",
+              val_split: str = "val2017", max_train: int | None = None,
+              max_val: int | None = None) -> PoseData:
+    """COCO 2017 keypoints in the HRNet layout (annotations/, images/ or {train,val}2017/)."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise UserError(f"COCO root {path} does not exist; set data.root=/path/to/coco "
+                        "(the folder holding annotations/ and train2017/, val2017/ or images/)")
+    return _datasets("coco", path, train_split, val_split, input_size, heatmap_size, sigma,
+                     dict(augment or {}), max_train, max_val)
+
+
+def split_by_image(dataset: CocoTopDown, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Split a training set into (weights, held-out) parts with no image in both (DARTS's split)."""
+    image_ids = sorted({int(s.image_id) for s in dataset.samples})
+    rng = np.random.default_rng(seed)
+    held = set(rng.permutation(image_ids)[: int(round(fraction * len(image_ids)))].tolist())
+    first = [i for i, s in enumerate(dataset.samples) if int(s.image_id) not in held]
+    second = [i for i, s in enumerate(dataset.samples) if int(s.image_id) in held]
+    if not first or not second:
+        raise UserError(f"the training set ({len(image_ids)} images) is too small to hold out "
+                        f"{fraction:.0%} of it for the architecture step; use more data")
+    return Subset(dataset, first), Subset(dataset, second)

@@ -1,0 +1,98 @@
+"""What every entry point needs around the loop: seeding, device, run directory, logs, loaders."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from nas.errors import UserError
+from nas.utils.io import atomic_write_text
+
+log = logging.getLogger("posenas")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU; anything else must exist on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"device={name!r} is not a device name (try auto, cpu, cuda, cuda:1)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} asked for CUDA but none is available here; use device=cpu")
+    return device
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, checkpoint: str = "last.pt") -> Path | None:
+    """Return the checkpoint to resume from (or None); refuse to start over a finished run."""
+    ckpt = run_dir / checkpoint
+    if resume:
+        if not ckpt.is_file():
+            raise UserError(f"resume=true but {ckpt} does not exist; point run_dir= at the run "
+                            "directory of the run to continue")
+        return ckpt
+    if ckpt.exists():
+        raise UserError(f"{run_dir} already holds a run ({ckpt.name}); pass resume=true to continue "
+                        "it, or choose another run_dir= (nothing was overwritten)")
+    return None
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line. On resume, records past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, keep_before_epoch: int | None = None):
+        self.path = path
+        if keep_before_epoch is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("epoch", 0) < keep_before_epoch]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int,
+                drop_last: bool = False) -> DataLoader:
+    if len(dataset) == 0:
+        raise UserError("a dataset split is empty after filtering; check data.root and the annotations")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      drop_last=drop_last and len(dataset) >= batch_size,
+                      persistent_workers=False, pin_memory=False)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def forever(loader: DataLoader) -> Iterator[Any]:
+    """Cycle a loader (the held-out split may be shorter than the training split)."""
+    while True:
+        yield from loader
+
+
+def configure_threads() -> None:
+    """Respect OMP_NUM_THREADS when set; otherwise torch's default (all cores)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

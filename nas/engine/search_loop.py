@@ -1,0 +1,61 @@
+"""The search loop: feed a strategy (train batch, held-out batch) pairs, checkpoint every epoch.
+
+A checkpoint is written at the end of each epoch with the supernet, the strategy's optimizers and
+schedulers, the RNG states and the epoch counter, so a killed search resumed from it replays the
+remaining epochs exactly as an uninterrupted run would (same machine, same seed).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from nas.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nas.engine.runtime import MetricsLog, forever, log, to_device
+from nas.genotype import Genotype
+
+
+def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_loader, epochs: int,
+               device: torch.device, run_dir: Path, resume_from: Path | None,
+               max_steps_per_epoch: int | None = None) -> Genotype:
+    start = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        supernet.load_state_dict(state["model"])
+        strategy.load_state_dict(state["strategy"])
+        set_rng_state(state["rng"])
+        start = state["epoch"] + 1
+        log.info("resumed from %s at epoch %d/%d", resume_from, start, epochs)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", keep_before_epoch=start)
+    steps = len(train_loader) if max_steps_per_epoch is None else min(len(train_loader), max_steps_per_epoch)
+    for epoch in range(start, epochs):
+        t0 = time.time()
+        summary = _epoch(strategy, train_loader, arch_loader, steps, device, epoch, epochs)
+        genotype = strategy.result()
+        record = {"epoch": epoch, **summary, **strategy.end_epoch(), "epoch_s": round(time.time() - t0, 2),
+                  "genotype": genotype.genotype}
+        metrics.write(record)
+        log.info("epoch %d/%d  loss %.6f  arch_loss %s  (%.0fs)", epoch + 1, epochs, summary["loss"],
+                 f"{summary['arch_loss']:.6f}" if "arch_loss" in summary else "-", record["epoch_s"])
+        save_checkpoint(run_dir / "last.pt", {"model": supernet.state_dict(), "strategy": strategy.state_dict(),
+                                              "rng": rng_state(), "epoch": epoch})
+    return strategy.result()
+
+
+def _epoch(strategy: Any, train_loader, arch_loader, steps: int, device: torch.device,
+           epoch: int, epochs: int) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    arch_iter = forever(arch_loader)
+    bar = tqdm(zip(range(steps), train_loader), total=steps, desc=f"search {epoch + 1}/{epochs}",
+               disable=None, leave=False, dynamic_ncols=True)
+    for _, batch in bar:
+        out = strategy.step(to_device(batch, device), to_device(next(arch_iter), device))
+        for key, value in out.items():
+            totals[key] = totals.get(key, 0.0) + value
+            counts[key] = counts.get(key, 0) + 1
+        bar.set_postfix(loss=f"{out['loss']:.5f}")
+    return {key: value / counts[key] for key, value in totals.items()}

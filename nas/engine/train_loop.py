@@ -1,0 +1,92 @@
+"""Retraining a standalone network: train, evaluate with flip test, keep the best checkpoint.
+
+`last.pt` (everything a resume needs) is written after every epoch; `best.pt` holds the weights
+with the best validation AP so far. Both are written atomically.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nas.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nas.engine.guards import check_finite
+from nas.engine.runtime import MetricsLog, log, to_device
+
+Evaluate = Callable[[nn.Module], dict[str, float]]
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                 epochs: int, steps_per_epoch: int, device: torch.device, lr_min: float = 0.0,
+                 grad_clip: float | None = None):
+        self.model, self.criterion, self.optimizer = model, criterion, optimizer
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, max(1, epochs * steps_per_epoch), lr_min)
+        self.epochs, self.device, self.grad_clip = epochs, device, grad_clip
+        self.step_count, self.epoch, self.best = 0, 0, {"AP": -1.0, "epoch": -1}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                "epoch": self.epoch, "step": self.step_count, "best": dict(self.best)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step_count, self.best = state["epoch"] + 1, state["step"], dict(state["best"])
+
+    def train_epoch(self, loader) -> float:
+        self.model.train()
+        total, n = 0.0, 0
+        bar = tqdm(loader, desc=f"train {self.epoch + 1}/{self.epochs}", disable=None, leave=False,
+                   dynamic_ncols=True)
+        for batch in bar:
+            batch = to_device(batch, self.device)
+            loss = self.criterion(self.model(batch["image"]), batch["target"], batch["target_weight"])
+            value = check_finite(loss, "training loss", self.step_count)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step_count += 1
+            total, n = total + value, n + 1
+            bar.set_postfix(loss=f"{value:.5f}")
+        return total / max(n, 1)
+
+    def fit(self, loader, evaluate: Evaluate, eval_every: int, run_dir: Path,
+            resume_from: Path | None) -> dict[str, Any]:
+        if resume_from is not None:
+            self.load_state_dict(load_checkpoint(resume_from))
+            log.info("resumed from %s at epoch %d/%d", resume_from, self.epoch, self.epochs)
+        metrics = MetricsLog(run_dir / "metrics.jsonl", keep_before_epoch=self.epoch)
+        while self.epoch < self.epochs:
+            t0 = time.time()
+            record: dict[str, Any] = {"epoch": self.epoch, "loss": self.train_epoch(loader),
+                                      "lr": self.optimizer.param_groups[0]["lr"]}
+            last = self.epoch == self.epochs - 1
+            if last or (eval_every > 0 and (self.epoch + 1) % eval_every == 0):
+                record.update(self._evaluate(evaluate, run_dir))
+            record["epoch_s"] = round(time.time() - t0, 2)
+            metrics.write(record)
+            log.info("epoch %d/%d  loss %.6f%s  (%.0fs)", self.epoch + 1, self.epochs, record["loss"],
+                     f"  AP {record['AP']:.4f}" if "AP" in record else "", record["epoch_s"])
+            save_checkpoint(run_dir / "last.pt", self.state_dict())
+            self.epoch += 1
+        return dict(self.best)
+
+    def _evaluate(self, evaluate: Evaluate, run_dir: Path) -> dict[str, float]:
+        scores = evaluate(self.model)
+        if scores["AP"] > self.best["AP"]:
+            self.best = {**scores, "epoch": self.epoch}
+            save_checkpoint(run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": self.epoch,
+                                                  "scores": dict(scores)})
+        return scores

@@ -1,0 +1,83 @@
+"""python -m nas.retrain GENOTYPE.json [hydra overrides]  ->  <run_dir>/results.json, best.pt
+
+Builds the genotype's standalone network (the space is resolved only through conf/search_space/),
+trains it, evaluates it with flip test on the validation split (COCO OKS AP through pycocotools)
+and writes results.json with the metrics, params and GFLOPs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from estimators.complexity import count_gflops, count_params
+from nas.cli import positional_to_override, user_errors
+from nas.config import register
+from nas.engine.checkpoint import load_checkpoint
+from nas.engine.runtime import (configure_threads, log, make_loader, pick_device, prepare_run_dir,
+                                save_config, seed_everything)
+from nas.engine.train_loop import Trainer
+from nas.errors import UserError
+from nas.genotype import load
+from nas.metrics.coco_eval import evaluate_keypoints
+from nas.pose.predict import predict_coco
+from nas.spaces import resolve
+from nas.utils.io import atomic_write_text
+
+register()
+
+
+def retrain(cfg: DictConfig) -> dict:
+    genotype = load(cfg.genotype)
+    space = resolve(genotype, OmegaConf.to_container(cfg.space_args))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume_from = prepare_run_dir(run_dir, cfg.resume)
+    configure_threads()
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    input_size = list(cfg.input_size or genotype.input_size)
+    heatmap_size = list(cfg.heatmap_size or genotype.heatmap_size)
+    data = instantiate(cfg.data, input_size=input_size, heatmap_size=heatmap_size)
+    model = space.build(genotype).to(device)
+    if space.args.get("num_keypoints", data.num_keypoints) != data.num_keypoints:
+        raise UserError(f"the genotype's network predicts {space.args['num_keypoints']} keypoints but "
+                        f"data={data.name} has {data.num_keypoints}")
+    train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, drop_last=True)
+    val_loader = make_loader(data.val, cfg.eval_batch_size, False, cfg.num_workers)
+    trainer = Trainer(model, instantiate(cfg.criterion), instantiate(cfg.optimizer)(model.parameters()),
+                      cfg.epochs, len(train_loader), device, cfg.lr_min, cfg.grad_clip)
+    save_config(cfg, run_dir)
+    log.info("retrain %s (%s) on %s: %d instances, %d epochs, input %s, device %s, run dir %s",
+             cfg.genotype, genotype.space, data.name, len(data.train), cfg.epochs, input_size, device, run_dir)
+
+    def evaluate(net):
+        preds = predict_coco(net, val_loader, device, data.flip_pairs, flip=cfg.flip_test)
+        return evaluate_keypoints(data.val.coco, preds, out_json=run_dir / "predictions.json")
+
+    best = trainer.fit(train_loader, evaluate, cfg.eval_every, run_dir, resume_from)
+    model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    results = {**{k: v for k, v in best.items() if k != "epoch"}, "best_epoch": best["epoch"],
+               "params": count_params(model), "GFLOPs": count_gflops(model, tuple(input_size)),
+               "input_size": input_size, "heatmap_size": heatmap_size, "flip_test": cfg.flip_test,
+               "data": data.name, "genotype": str(Path(cfg.genotype).resolve()),
+               "checkpoint": str(run_dir / "best.pt")}
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+@hydra.main(config_path="pkg://conf", config_name="retrain", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        results = retrain(cfg)
+    print(f"\nAP {results['AP']:.4f}  AP50 {results['AP50']:.4f}  params {results['params'] / 1e6:.2f}M  "
+          f"GFLOPs {results['GFLOPs']:.3f}\nresults: {Path(results['checkpoint']).parent / 'results.json'}")
+
+
+if __name__ == "__main__":
+    sys.argv = positional_to_override(sys.argv, "genotype")
+    main()

@@ -1,0 +1,70 @@
+"""python -m nas.search [hydra overrides]  ->  <run_dir>/genotype.json
+
+Composes conf/search.yaml, builds the data, the space's supernet and the strategy, and hands over
+to the search loop. `resume=true run_dir=<dir>` continues a killed search in its run directory.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from nas.cli import user_errors
+from nas.config import register
+from nas.data.build import split_by_image
+from nas.engine.runtime import (configure_threads, log, make_loader, pick_device, prepare_run_dir,
+                                save_config, seed_everything)
+from nas.engine.search_loop import run_search
+from nas.errors import UserError
+from nas.genotype import save
+
+register()
+
+
+def search(cfg: DictConfig) -> Path:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume_from = prepare_run_dir(run_dir, cfg.resume)
+    configure_threads()
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    data = instantiate(cfg.data)
+    space = instantiate(cfg.search_space)
+    if space.args.get("num_keypoints") != data.num_keypoints:
+        raise UserError(f"search_space.num_keypoints={space.args.get('num_keypoints')} but the data has "
+                        f"{data.num_keypoints} keypoints; set search_space.num_keypoints={data.num_keypoints}")
+    supernet = space.supernet().to(device)
+    weight_set, arch_set = split_by_image(data.train, cfg.arch_fraction, cfg.seed)
+    train_loader = make_loader(weight_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)
+    arch_loader = make_loader(arch_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)
+    steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
+    strategy = instantiate(cfg.strategy, space=space, supernet=supernet,
+                           criterion=instantiate(cfg.criterion), epochs=cfg.epochs, steps_per_epoch=steps)
+    save_config(cfg, run_dir)
+    log.info("search: %s + %s on %s (%d/%d training instances for weights/architecture), %d epochs "
+             "x %d steps, device %s, run dir %s", space.name, type(strategy).__name__, data.name,
+             len(weight_set), len(arch_set), cfg.epochs, steps, device, run_dir)
+    genotype = run_search(strategy, supernet, train_loader, arch_loader, cfg.epochs, device, run_dir,
+                          resume_from, cfg.max_steps_per_epoch)
+    genotype.space = HydraConfig.get().runtime.choices["search_space"]
+    genotype.input_size, genotype.heatmap_size = data.input_size, data.heatmap_size
+    genotype.provenance = {"strategy": HydraConfig.get().runtime.choices["strategy"], "seed": cfg.seed,
+                           "data": data.name, "epochs": cfg.epochs,
+                           "config": OmegaConf.to_container(cfg, resolve=True),
+                           "versions": {"torch": torch.__version__, "python": platform.python_version()}}
+    return save(genotype, run_dir / "genotype.json")
+
+
+@hydra.main(config_path="pkg://conf", config_name="search", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        path = search(cfg)
+    print(f"\ngenotype written to {path}\nretrain it with:\n  python -m nas.retrain {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""The PoseNAS DARTS-cell space: a searchable cell encoder and a searchable fusion decoder.
+
+Encoder (PoseNAS's L and C are `layers` and `init_channels`): a stride-4 stem, then `layers`
+DARTS cells, `reductions` of them reduction cells (channels double, resolution halves), spread
+evenly as in DARTS. Decoder (PoseNAS's Fusion-and-Enhancement): going back up from the deepest
+scale, a fusion cell at each scale takes that scale's encoder feature and the upsampled deeper
+decoder feature and fuses them with searched ops, so the high-resolution representation is
+refined step by step; a 1x1 head gives heatmaps at 1/4 of the input.
+
+Three cell types are searched, each with its own architecture weights: normal, reduce, fusion.
+Genotype: {"normal": [[op, input], ...2 per node], "reduce": [...], "fusion": [...]}, where
+input 0 and 1 are the cell's two input states and 2.. the cell's earlier nodes.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from nas.genotype import Genotype, GenotypeError
+from nas.pose.head import HeatmapHead
+from search_spaces.cells import Edge, FixedCell, SearchCell, num_edges
+from search_spaces.ops import OPS, PRIMITIVES
+
+CELL_TYPES = ("normal", "reduce", "fusion")
+CellFactory = Callable[[str, int, int, int, bool], nn.Module]
+
+
+def stem(c_out: int, affine: bool) -> nn.Sequential:
+    """Two stride-2 3x3 convs: (B, 3, H, W) -> (B, c_out, H/4, W/4)."""
+    return nn.Sequential(
+        nn.Conv2d(3, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out, affine=affine),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out, affine=affine),
+    )
+
+
+class CellPoseNet(nn.Module):
+    """The network skeleton shared by the supernet and every standalone network of the space."""
+
+    def __init__(self, c: int, layers: int, steps: int, reductions: int, num_keypoints: int,
+                 make_cell: CellFactory, affine: bool):
+        super().__init__()
+        reduce_at = {layers * (j + 1) // (reductions + 1) for j in range(reductions)}
+        self.stem = stem(2 * c, affine)
+        self.cells, self.kinds = nn.ModuleList(), []
+        self.taps: list[int] = []  # index of the last cell at each scale, shallow to deep
+        c_pp, c_p, c_cur, reduction_prev = 2 * c, 2 * c, c, False
+        for i in range(layers):
+            kind = "reduce" if i in reduce_at else "normal"
+            if kind == "reduce":
+                c_cur *= 2
+                self.taps.append(i - 1)
+            cell = make_cell(kind, c_pp, c_p, c_cur, reduction_prev)
+            self.cells.append(cell)
+            self.kinds.append(kind)
+            c_pp, c_p, reduction_prev = c_p, cell.out_channels, kind == "reduce"
+        self.taps.append(layers - 1)
+        self.fusions = nn.ModuleList()
+        tap_channels = [c_pp if t < 0 else self.cells[t].out_channels for t in self.taps]
+        deeper = tap_channels[-1]
+        for level in range(len(self.taps) - 2, -1, -1):
+            cell = make_cell("fusion", tap_channels[level], deeper, c * 2 ** level, False)
+            self.fusions.append(cell)
+            deeper = cell.out_channels
+        self.head = HeatmapHead(deeper, num_keypoints)
+
+    def cell_weights(self, kind: str) -> torch.Tensor | None:
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s0 = s1 = self.stem(x)  # (B, 2C, H/4, W/4)
+        features = [s0] if self.taps[0] < 0 else []
+        for i, (cell, kind) in enumerate(zip(self.cells, self.kinds)):
+            s0, s1 = s1, cell(s0, s1, self.cell_weights(kind))
+            if i in self.taps:
+                features.append(s1)
+        out = features[-1]
+        for cell, skip in zip(self.fusions, reversed(features[:-1])):
+            out = cell(skip, out, self.cell_weights("fusion"))
+        return self.head(out)  # (B, K, H/4, W/4) heatmaps
+
+
+class DartsSupernet(CellPoseNet):
+    """Every op on every edge; architecture weights apart from the network weights."""
+
+    def __init__(self, c: int, layers: int, steps: int, reductions: int, num_keypoints: int,
+                 primitives: Sequence[str]):
+        def make_cell(kind: str, c_pp: int, c_p: int, c_cur: int, red_prev: bool) -> nn.Module:
+            return SearchCell(kind, c_pp, c_p, c_cur, steps, red_prev, primitives)
+        super().__init__(c, layers, steps, reductions, num_keypoints, make_cell, affine=False)
+        self.primitives = tuple(primitives)
+        shape = (num_edges(steps), len(primitives))
+        self.alphas = nn.ParameterDict(
+            {kind: nn.Parameter(1e-3 * torch.randn(shape)) for kind in CELL_TYPES})
+
+    def cell_weights(self, kind: str) -> torch.Tensor:
+        return torch.softmax(self.alphas[kind], dim=-1)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas.values())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+
+class DartsCellsSpace:
+    """PoseNAS search space. Sizes are PoseNAS's L (`layers`) and C (`init_channels`)."""
+
+    name = "darts_cells"
+
+    def __init__(self, init_channels: int = 8, layers: int = 4, steps: int = 3,
+                 reductions: int = 2, num_keypoints: int = 17,
+                 primitives: Sequence[str] = PRIMITIVES):
+        unknown = [p for p in primitives if p not in OPS]
+        if unknown:
+            raise ValueError(f"unknown primitives {unknown}; known ops: {', '.join(OPS)}")
+        if not 0 <= reductions < layers:
+            raise ValueError(f"reductions must be in [0, layers), got {reductions}")
+        self.args = dict(init_channels=init_channels, layers=layers, steps=steps,
+                         reductions=reductions, num_keypoints=num_keypoints)
+        self.primitives = tuple(primitives)
+
+    def _net_args(self) -> tuple[int, int, int, int, int]:
+        a = self.args
+        return a["init_channels"], a["layers"], a["steps"], a["reductions"], a["num_keypoints"]
+
+    def supernet(self) -> DartsSupernet:
+        return DartsSupernet(*self._net_args(), primitives=self.primitives)
+
+    def _genotype(self, cells: dict[str, list[Edge]], provenance: dict | None = None) -> Genotype:
+        return Genotype(space=self.name, space_args={**self.args, "primitives": list(self.primitives)},
+                        genotype={k: [[op, src] for op, src in v] for k, v in cells.items()},
+                        provenance=provenance or {})
+
+    def decode(self, supernet: DartsSupernet) -> Genotype:
+        """Top-2 incoming edges per node by their strongest non-`none` op, as in DARTS."""
+        cells = {}
+        for kind in CELL_TYPES:
+            weights = torch.softmax(supernet.alphas[kind].detach(), dim=-1).cpu()
+            cells[kind] = decode_cell(weights, self.primitives, self.args["steps"])
+        return self._genotype(cells)
+
+    def sample(self, rng: random.Random) -> Genotype:
+        ops = [p for p in self.primitives if p != "none"]
+        cells = {}
+        for kind in CELL_TYPES:
+            edges: list[Edge] = []
+            for i in range(self.args["steps"]):
+                edges += [(rng.choice(ops), src) for src in sorted(rng.sample(range(2 + i), 2))]
+            cells[kind] = edges
+        return self._genotype(cells)
+
+    def validate(self, genotype: Genotype) -> None:
+        cells = genotype.genotype
+        extra = sorted(set(cells) - set(CELL_TYPES))
+        if extra:
+            raise GenotypeError(f"field 'genotype' has unknown cell type(s) {extra}; "
+                                f"expected {list(CELL_TYPES)}")
+        for kind in CELL_TYPES:
+            validate_cell(cells.get(kind), kind, self.args["steps"], self.primitives)
+
+    def build(self, genotype: Genotype) -> CellPoseNet:
+        self.validate(genotype)
+        cells = genotype.genotype
+
+        def make_cell(kind: str, c_pp: int, c_p: int, c_cur: int, red_prev: bool) -> nn.Module:
+            edges = [(op, int(src)) for op, src in cells[kind]]
+            return FixedCell(kind, c_pp, c_p, c_cur, self.args["steps"], red_prev, edges)
+        return CellPoseNet(*self._net_args(), make_cell=make_cell, affine=True)
+
+
+def decode_cell(weights: torch.Tensor, primitives: Sequence[str], steps: int) -> list[Edge]:
+    """weights: (edges, ops) softmaxed. Keep each node's two strongest inputs, `none` excluded."""
+    usable = [k for k, p in enumerate(primitives) if p != "none"]
+    edges: list[Edge] = []
+    offset = 0
+    for i in range(steps):
+        rows = weights[offset: offset + 2 + i][:, usable]  # (inputs, usable ops)
+        best, arg = rows.max(dim=1)
+        top2 = sorted(torch.topk(best, 2).indices.tolist())
+        edges += [(primitives[usable[int(arg[j])]], j) for j in top2]
+        offset += 2 + i
+    return edges
+
+
+def validate_cell(edges: object, kind: str, steps: int, primitives: Sequence[str]) -> None:
+    where = f"genotype.{kind}"
+    if not isinstance(edges, list) or len(edges) != 2 * steps:
+        raise GenotypeError(f"field '{where}' must list {2 * steps} [op, input] edges "
+                            f"(2 per node, steps={steps})")
+    for n, edge in enumerate(edges):
+        node = n // 2
+        if not (isinstance(edge, list) and len(edge) == 2 and isinstance(edge[0], str)
+                and isinstance(edge[1], int) and not isinstance(edge[1], bool)):
+            raise GenotypeError(f"field '{where}[{n}]' must be [op_name, input_index], got {edge!r}")
+        if edge[0] not in primitives or edge[0] == "none":
+            raise GenotypeError(f"field '{where}[{n}]': unknown op {edge[0]!r}; this space has "
+                                f"{', '.join(p for p in primitives if p != 'none')}")
+        if not 0 <= edge[1] < 2 + node:
+            raise GenotypeError(f"field '{where}[{n}]': input {edge[1]} does not exist for node "
+                                f"{node} (valid: 0..{1 + node})")

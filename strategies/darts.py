@@ -1,0 +1,137 @@
+"""DARTS (Liu et al., 2019): alternate a weight step on the training split and an architecture
+step on a held-out split. First order by default; `unrolled=True` is the second-order
+approximation (the architecture gradient through one virtual weight step, with the Hessian-vector
+product taken by finite differences as in the DARTS paper).
+
+Works for any space whose supernet exposes `arch_parameters()` and `weight_parameters()`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from nas.engine.guards import check_finite
+from nas.genotype import Genotype
+
+Batch = dict[str, torch.Tensor]
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class Darts:
+    def __init__(self, space: Any, supernet: nn.Module, criterion: nn.Module,
+                 weight_optimizer: OptimizerFactory, arch_optimizer: OptimizerFactory,
+                 epochs: int, steps_per_epoch: int, unrolled: bool = False,
+                 warmup_epochs: float = 0.0, grad_clip: float = 5.0, lr_min: float = 0.0):
+        if not hasattr(supernet, "arch_parameters"):
+            raise TypeError(f"{type(supernet).__name__} has no arch_parameters(); DARTS needs a "
+                            "supernet with architecture parameters")
+        self.space, self.supernet, self.criterion = space, supernet, criterion
+        self.weights = list(supernet.weight_parameters())
+        self.alphas = list(supernet.arch_parameters())
+        self.w_opt = weight_optimizer(self.weights)
+        self.a_opt = arch_optimizer(self.alphas)
+        total = max(1, epochs * steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, total, lr_min)
+        self.unrolled, self.grad_clip = unrolled, grad_clip
+        self.warmup_steps = int(warmup_epochs * steps_per_epoch)
+        self.steps = 0
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return self.criterion(self.supernet(batch["image"]), batch["target"], batch["target_weight"])
+
+    def step(self, train_batch: Batch, val_batch: Batch) -> dict[str, float]:
+        self.supernet.train()
+        metrics: dict[str, float] = {}
+        if self.steps >= self.warmup_steps:
+            metrics["arch_loss"] = self._arch_step(train_batch, val_batch)
+        metrics["loss"] = self._weight_step(train_batch)
+        metrics["lr"] = self.w_opt.param_groups[0]["lr"]
+        self.steps += 1
+        return metrics
+
+    def _weight_step(self, batch: Batch) -> float:
+        self.w_opt.zero_grad(set_to_none=True)
+        loss = self.loss(batch)
+        value = check_finite(loss, "training loss", self.steps)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
+        self.w_opt.step()
+        self.scheduler.step()
+        return value
+
+    def _arch_step(self, train_batch: Batch, val_batch: Batch) -> float:
+        self.a_opt.zero_grad(set_to_none=True)
+        if self.unrolled:
+            value = self._unrolled_arch_grad(train_batch, val_batch)
+        else:
+            loss = self.loss(val_batch)
+            value = check_finite(loss, "architecture (validation) loss", self.steps)
+            grads = torch.autograd.grad(loss, self.alphas)
+            for a, g in zip(self.alphas, grads):
+                a.grad = g
+        self.a_opt.step()
+        return value
+
+    # ---- second order -------------------------------------------------------------------
+    def _virtual_step(self, batch: Batch, lr: float) -> None:
+        """w <- w - lr * (grad + weight_decay * w + momentum * buffer), in place (SGD's own step)."""
+        grads = torch.autograd.grad(self.loss(batch), self.weights, allow_unused=True)
+        group = self.w_opt.param_groups[0]
+        wd, momentum = group.get("weight_decay", 0.0), group.get("momentum", 0.0)
+        with torch.no_grad():
+            for w, g in zip(self.weights, grads):
+                g = torch.zeros_like(w) if g is None else g
+                buf = self.w_opt.state.get(w, {}).get("momentum_buffer")
+                d = g + wd * w + (momentum * buf if buf is not None else 0.0)
+                w.sub_(lr * d)
+
+    def _unrolled_arch_grad(self, train_batch: Batch, val_batch: Batch) -> float:
+        lr = self.w_opt.param_groups[0]["lr"]
+        backup = [w.detach().clone() for w in self.weights]
+        self._virtual_step(train_batch, lr)
+        loss = self.loss(val_batch)
+        value = check_finite(loss, "architecture (validation) loss", self.steps)
+        grads = torch.autograd.grad(loss, self.alphas + self.weights, allow_unused=True)
+        d_alpha = grads[: len(self.alphas)]
+        d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads[len(self.alphas):])]
+        with torch.no_grad():
+            for w, b in zip(self.weights, backup):
+                w.copy_(b)
+        hvp = self._hessian_vector(train_batch, d_w)
+        for a, g, h in zip(self.alphas, d_alpha, hvp):
+            a.grad = (torch.zeros_like(a) if g is None else g) - lr * h
+        return value
+
+    def _hessian_vector(self, batch: Batch, vector: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(d/d_alpha d/dw L_train) . vector, by central differences with eps = 0.01 / ||vector||."""
+        eps = 0.01 / (torch.cat([v.flatten() for v in vector]).norm() + 1e-12)
+        grads = []
+        for sign in (1.0, -2.0):
+            with torch.no_grad():
+                for w, v in zip(self.weights, vector):
+                    w.add_(sign * eps * v)
+            grads.append(torch.autograd.grad(self.loss(batch), self.alphas, allow_unused=True))
+        with torch.no_grad():
+            for w, v in zip(self.weights, vector):
+                w.add_(eps * v)
+        return [(torch.zeros_like(a) if gp is None else gp - gm) / (2 * eps)
+                for a, gp, gm in zip(self.alphas, *grads)]
+
+    # ---- results and state ----------------------------------------------------------------
+    def result(self) -> Genotype:
+        return self.space.decode(self.supernet)
+
+    def end_epoch(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"weight_optimizer": self.w_opt.state_dict(), "arch_optimizer": self.a_opt.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.w_opt.load_state_dict(state["weight_optimizer"])
+        self.a_opt.load_state_dict(state["arch_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps = state["steps"]

@@ -1,0 +1,42 @@
+"""Small pieces the tests plug into real runs through config overrides."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nas.pose.loss import KeypointMSELoss
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Sizes that keep a real end-to-end run to seconds on a 2-core CPU.
+TINY_DATA = ["data.num_train=10", "data.num_val=4", "data.image_size=[128,128]", "data.max_people=2",
+             "data.input_size=[64,48]", "data.heatmap_size=[16,12]", "data.sigma=1.0", "num_workers=0"]
+TINY_SPACE = ["search_space.init_channels=4", "search_space.layers=3", "search_space.steps=2",
+              "search_space.reductions=1"]
+
+
+def run_env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ, POSENAS_CACHE=str(cache), OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def module_cmd(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+class NaNAfter(nn.Module):
+    """The usual loss, but NaN from the `after`-th call on: a stand-in for a diverging run."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after, self.calls, self.loss = after, 0, KeypointMSELoss()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = self.loss(pred, target, weight)
+        return loss * float("nan") if self.calls > self.after else loss

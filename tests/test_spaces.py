@@ -1,0 +1,93 @@
+"""Every search space in conf/search_space/ is tested here without editing this file."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from nas.genotype import Genotype, GenotypeError
+from nas.spaces import build_space, space_names
+from search_spaces.darts_cells import DartsCellsSpace, decode_cell
+
+TINY = {"darts_cells": dict(init_channels=4, layers=3, steps=2, reductions=1)}
+
+
+def tiny_space(name: str):
+    return build_space(name, TINY.get(name, {}))
+
+
+@pytest.fixture(params=space_names())
+def space(request):
+    return tiny_space(request.param)
+
+
+def _images(batch: int = 2, size: tuple[int, int] = (64, 48)) -> torch.Tensor:
+    return torch.randn(batch, 3, *size)
+
+
+def test_supernet_gives_quarter_resolution_heatmaps(space):
+    out = space.supernet()(_images())
+    assert out.shape == (2, space.args["num_keypoints"], 16, 12)
+
+
+def test_sampled_genotype_builds_a_standalone_network(space):
+    genotype = space.sample(random.Random(0))
+    space.validate(genotype)
+    net = space.build(genotype)
+    assert net(_images()).shape == (2, space.args["num_keypoints"], 16, 12)
+    assert not hasattr(net, "arch_parameters")
+
+
+def test_decode_gives_a_valid_member(space):
+    genotype = space.decode(space.supernet())
+    space.validate(genotype)
+    assert isinstance(genotype, Genotype)
+
+
+def test_standalone_network_is_smaller_than_the_supernet(space):
+    supernet = space.supernet()
+    net = space.build(space.sample(random.Random(3)))
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in supernet.parameters())
+
+
+def test_samples_differ_with_the_seed(space):
+    genotypes = {str(space.sample(random.Random(seed)).genotype) for seed in range(5)}
+    assert len(genotypes) > 1
+
+
+# ---- darts_cells specifics: decoding worked out by hand -----------------------------------------
+
+def test_decode_cell_keeps_the_two_strongest_inputs_and_skips_none():
+    prims = ("none", "skip_connect", "conv_3x3")
+    # steps=2: node 0 has inputs 0,1 (rows 0-1); node 1 has inputs 0,1,2 (rows 2-4).
+    w = torch.tensor([
+        [0.9, 0.05, 0.05],   # input 0: 'none' dominates but is excluded -> best usable 0.05
+        [0.1, 0.2, 0.7],     # input 1: conv 0.7
+        [0.0, 0.6, 0.4],     # node1 <- input 0: skip 0.6
+        [0.0, 0.1, 0.2],     # node1 <- input 1: conv 0.2 (weakest, dropped)
+        [0.0, 0.3, 0.5],     # node1 <- node 0 (index 2): conv 0.5
+    ])
+    assert decode_cell(w, prims, steps=2) == [("skip_connect", 0), ("conv_3x3", 1),
+                                              ("skip_connect", 0), ("conv_3x3", 2)]
+
+
+def test_darts_build_has_only_the_chosen_ops():
+    space = DartsCellsSpace(**TINY["darts_cells"])
+    cells = {k: [["conv_3x3", 0], ["conv_3x3", 1], ["skip_connect", 0], ["conv_3x3", 2]]
+             for k in ("normal", "reduce", "fusion")}
+    net = space.build(Genotype(space="darts_cells", genotype=cells, space_args={}))
+    names = {type(m).__name__ for m in net.modules()}
+    assert "MixedOp" not in names and "SepConv" not in names and "DilConv" not in names
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"normal": [["conv_3x3", 0]]}, "must list 4"),
+    ({"normal": [["conv_3x3", 0], ["conv_3x3", 1], ["conv_3x3", 5], ["conv_3x3", 2]]}, "input 5"),
+    ({"normal": [["none", 0], ["conv_3x3", 1], ["conv_3x3", 0], ["conv_3x3", 2]]}, "unknown op 'none'"),
+])
+def test_darts_validate_names_the_bad_edge(bad, message):
+    space = DartsCellsSpace(**TINY["darts_cells"])
+    good = space.sample(random.Random(0)).genotype
+    with pytest.raises(GenotypeError, match=message):
+        space.validate(Genotype(space="darts_cells", genotype={**good, **bad}))
