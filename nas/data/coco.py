@@ -1,0 +1,175 @@
+"""Top-down COCO person-keypoint dataset: one sample per annotated person, cropped around its GT box.
+
+Works on a real COCO download (`root/val2017/`, `root/annotations/person_keypoints_val2017.json`) and on
+any dataset written in the same format (images under `root/<split>/` or `root/images/<split>/`).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from nas.data.keypoints import COCO_FLIP_PAIRS, COCO_SIGMAS, NUM_COCO_KEYPOINTS
+from nas.data.transforms import (affine_points, box_to_center_scale, flip_keypoints,
+                                 generate_heatmaps, get_affine_transform)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+class UnreadableImageError(OSError):
+    """An image file that is missing or that OpenCV cannot decode."""
+
+
+@dataclass
+class InstanceRecord:
+    """One person instance: where its image is and the crop that frames it."""
+    image_id: int
+    ann_id: int
+    image_path: Path
+    box: np.ndarray        # (4,) clipped [x, y, w, h]
+    center: np.ndarray     # (2,) float32 pixels
+    scale: np.ndarray      # (2,) float32 crop (w, h) in pixels
+    keypoints: np.ndarray  # (K, 3) float32 [x, y, v] image pixels
+    score: float = 1.0     # box confidence (1 for ground-truth boxes)
+
+
+def load_coco(ann_file: str | Path) -> COCO:
+    """A pycocotools COCO index of `ann_file`, without its progress printing."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(ann_file))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB image; UnreadableImageError naming the file if it cannot be read."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise UnreadableImageError(f"cannot read image {path} (missing, empty or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def clip_box(box_xywh: list[float], width: int, height: int) -> np.ndarray | None:
+    """Box clipped to the image as HRNet does, as [x, y, w, h]; None when nothing of it remains."""
+    x, y, bw, bh = box_xywh
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2 = min(width - 1.0, x1 + max(0.0, bw - 1.0))
+    y2 = min(height - 1.0, y1 + max(0.0, bh - 1.0))
+    if (x2 - x1) * (y2 - y1) <= 0 or x2 < x1 or y2 < y1:
+        return None
+    return np.array([x1, y1, x2 - x1, y2 - y1], dtype=np.float32)
+
+
+def _find_image_dir(root: Path, split: str) -> Path:
+    candidates = [root / split, root / "images" / split]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"no image folder for split {split!r}: expected {candidates[0]} or {candidates[1]}")
+
+
+class CocoTopDown(Dataset):
+    """Person instances of a COCO keypoint file, each as a normalised crop with its heatmap targets."""
+
+    def __init__(self, root: str | Path, split: str, input_size: tuple[int, int] = (256, 192),
+                 heatmap_size: tuple[int, int] = (64, 48), sigma: float = 2.0, train: bool = False,
+                 scale_factor: float = 0.35, rot_factor: float = 45.0, rot_prob: float = 0.6,
+                 flip_prob: float = 0.5, padding: float = 1.25,
+                 max_samples: int | None = None) -> None:
+        root = Path(root)
+        self.ann_file = root / "annotations" / f"person_keypoints_{split}.json"
+        if not self.ann_file.is_file():
+            raise FileNotFoundError(
+                f"keypoint annotations for split {split!r} not found: expected {self.ann_file}")
+        self.image_dir = _find_image_dir(root, split)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
+        self.sigma, self.train, self.padding = float(sigma), bool(train), float(padding)
+        self.scale_factor, self.rot_factor = float(scale_factor), float(rot_factor)
+        self.rot_prob, self.flip_prob = float(rot_prob), float(flip_prob)
+        self.num_keypoints = NUM_COCO_KEYPOINTS
+        self.flip_pairs = COCO_FLIP_PAIRS
+        self.sigmas = np.array(COCO_SIGMAS, dtype=np.float32)
+        self.coco = load_coco(self.ann_file)
+        self.dropped: dict[str, int] = {"iscrowd": 0, "degenerate_box": 0, "no_keypoints": 0}
+        self.samples: list[InstanceRecord] = self._load_samples()
+        if max_samples is not None:
+            self.samples = self.samples[:max_samples]
+
+    def _load_samples(self) -> list[InstanceRecord]:
+        """Keep the usable person annotations, counting the others in `self.dropped` by reason."""
+        samples = []
+        for image_id in sorted(self.coco.getImgIds()):
+            info = self.coco.loadImgs(image_id)[0]
+            for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, catIds=[1])):
+                record = self._make_record(ann, info)
+                if record is not None:
+                    samples.append(record)
+        return samples
+
+    def _make_record(self, ann: dict, info: dict) -> InstanceRecord | None:
+        if ann.get("iscrowd", 0):
+            self.dropped["iscrowd"] += 1
+            return None
+        box = clip_box(ann["bbox"], info["width"], info["height"])
+        if box is None:
+            self.dropped["degenerate_box"] += 1
+            return None
+        keypoints = np.array(ann["keypoints"], dtype=np.float32).reshape(-1, 3)
+        if ann.get("num_keypoints", int((keypoints[:, 2] > 0).sum())) == 0:
+            self.dropped["no_keypoints"] += 1
+            return None
+        aspect = self.input_size[1] / self.input_size[0]
+        center, scale = box_to_center_scale(box, aspect, self.padding)
+        return InstanceRecord(image_id=int(info["id"]), ann_id=int(ann["id"]),
+                              image_path=self.image_dir / info["file_name"], box=box,
+                              center=center, scale=scale, keypoints=keypoints)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.samples[index]
+        image = read_rgb(record.image_path)  # (H0, W0, 3) uint8 RGB
+        keypoints = record.keypoints.copy()
+        center, scale, rot = record.center.copy(), record.scale.copy(), 0.0
+        if self.train:
+            image, keypoints, center, scale, rot = self._augment(image, keypoints, center, scale)
+        mat = get_affine_transform(center, scale, rot, self.input_size)
+        height, width = self.input_size
+        crop = cv2.warpAffine(image, mat, (width, height), flags=cv2.INTER_LINEAR)
+        keypoints[:, :2] = affine_points(keypoints[:, :2], mat)
+        target, target_weight = generate_heatmaps(keypoints, self.input_size, self.heatmap_size,
+                                                  self.sigma)
+        meta = {"image_id": record.image_id, "center": center.astype(np.float32),
+                "scale": scale.astype(np.float32), "score": float(record.score), "index": int(index)}
+        return {"image": _normalise(crop), "target": torch.from_numpy(target),
+                "target_weight": torch.from_numpy(target_weight), "meta": meta}
+
+    def _augment(self, image: np.ndarray, keypoints: np.ndarray, center: np.ndarray,
+                 scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        """Random scale, rotation and horizontal flip, drawn from torch's RNG (seedable per worker)."""
+        sf, rf = self.scale_factor, self.rot_factor
+        scale = scale * float(np.clip(1.0 + torch.randn(()).item() * sf, 1.0 - sf, 1.0 + sf))
+        rot = float(np.clip(torch.randn(()).item() * rf, -2.0 * rf, 2.0 * rf))
+        if torch.rand(()).item() >= self.rot_prob:
+            rot = 0.0
+        if torch.rand(()).item() < self.flip_prob:
+            width = image.shape[1]
+            image = np.ascontiguousarray(image[:, ::-1])
+            keypoints = flip_keypoints(keypoints, width, self.flip_pairs)
+            center = np.array([width - 1 - center[0], center[1]], dtype=np.float32)
+        return image, keypoints, center, scale, rot
+
+
+def _normalise(crop: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32, normalised by the ImageNet mean and std."""
+    image = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

@@ -1,0 +1,70 @@
+"""Run a pose model over a top-down loader and turn its heatmaps into COCO keypoint results."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from nas.pose.decode import decode_heatmaps
+from nas.pose.flip import flip_test
+
+KEYPOINT_SCORE_THRESHOLD = 0.2  # joints above this confidence count in the instance score (HRNet)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def instance_scores(maxvals: np.ndarray, box_scores: np.ndarray) -> np.ndarray:
+    """(N,) box score times the mean confidence of the joints above the threshold (1 if none is)."""
+    conf = maxvals[..., 0]  # (N, K)
+    above = conf > KEYPOINT_SCORE_THRESHOLD
+    count = above.sum(axis=1)
+    mean = np.where(count > 0, (conf * above).sum(axis=1) / np.maximum(count, 1), 1.0)
+    return box_scores * mean
+
+
+def results_from_predictions(preds: np.ndarray, maxvals: np.ndarray,
+                             meta: Mapping[str, Any]) -> list[dict]:
+    """COCO keypoint result entries from image preds (N, K, 2) and maxvals (N, K, 1)."""
+    image_ids = _numpy(meta["image_id"]).reshape(-1)
+    box_scores = _numpy(meta["score"]).reshape(-1).astype(np.float64) if "score" in meta \
+        else np.ones(len(preds))
+    scores = instance_scores(maxvals, box_scores)
+    flat = np.concatenate([preds, maxvals], axis=2).reshape(len(preds), -1)  # (N, 3K)
+    return [{"image_id": int(image_ids[i]), "category_id": 1,
+             "keypoints": [float(v) for v in flat[i]], "score": float(scores[i])}
+            for i in range(len(preds))]
+
+
+def results_from_heatmaps(heatmaps: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) -> list[dict]:
+    """Decode heatmaps (N, K, h, w) of the crops described by `meta` into COCO result entries.
+
+    `meta` is the dataset's meta dict, collated (tensors) or not: image_id, center, scale, score.
+    """
+    centers = _numpy(meta["center"]).reshape(-1, 2)
+    scales = _numpy(meta["scale"]).reshape(-1, 2)
+    preds, maxvals = decode_heatmaps(_numpy(heatmaps), centers, scales)
+    return results_from_predictions(preds, maxvals, meta)
+
+
+def predict_coco(model: nn.Module, loader: Iterable[dict], device: torch.device | str,
+                 flip_pairs: Sequence[tuple[int, int]], flip: bool = True) -> list[dict]:
+    """COCO keypoint results of `model` on every batch of `loader` (eval mode, no gradients).
+
+    The model's previous train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    with torch.no_grad():
+        for batch in loader:
+            images = batch["image"].to(device)  # (B, 3, H, W)
+            heatmaps = flip_test(model, images, flip_pairs) if flip else model(images)
+            results += results_from_heatmaps(heatmaps.float(), batch["meta"])
+    model.train(was_training)
+    return results

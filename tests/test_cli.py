@@ -1,0 +1,144 @@
+"""The entry points as a user runs them: real processes, tiny data, real files."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import REPO_ROOT, TINY_DATA, TINY_SPACE, module_cmd, run_env
+
+pytestmark = pytest.mark.slow
+SEARCH = [*TINY_DATA, *TINY_SPACE, "batch_size=4", "strategy.warmup_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _run(cache: Path, module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(module_cmd(module, *args), capture_output=True, text=True, timeout=timeout,
+                          env=run_env(cache), cwd=REPO_ROOT)
+
+
+def _search(cache: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _run(cache, "nas.search", *SEARCH, f"run_dir={run_dir}", *extra)
+
+
+def _alphas(run_dir: Path) -> dict[str, torch.Tensor]:
+    model = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    return {k: v for k, v in model.items() if k.startswith("alphas.")}
+
+
+@pytest.fixture(scope="module")
+def searched(cache, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("search") / "run"
+    proc = _search(cache, run_dir, "epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"python -m nas.retrain {run_dir / 'genotype.json'}" in proc.stdout
+    return run_dir
+
+
+def test_search_writes_a_complete_run_directory(searched):
+    for name in ("genotype.json", "config.yaml", "metrics.jsonl", "last.pt"):
+        assert (searched / name).is_file(), name
+    records = [json.loads(line) for line in (searched / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    genotype = json.loads((searched / "genotype.json").read_text())
+    assert genotype["space"] == "darts_cells" and genotype["input_size"] == [64, 48]
+    assert genotype["genotype"] == records[-1]["genotype"]
+
+
+def test_same_seed_same_genotype(cache, searched, tmp_path):
+    proc = _search(cache, tmp_path / "again", "epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads((searched / "genotype.json").read_text())["genotype"]
+    assert json.loads((tmp_path / "again" / "genotype.json").read_text())["genotype"] == first
+    for key, value in _alphas(searched).items():
+        assert torch.equal(value, _alphas(tmp_path / "again")[key]), key
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_result(cache, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _search(cache, full, "epochs=4", "max_steps_per_epoch=2").returncode == 0
+    args = [*SEARCH, f"run_dir={killed}", "epochs=4", "max_steps_per_epoch=2"]
+    proc = subprocess.Popen(module_cmd("nas.search", *args), env=run_env(cache), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "last.pt").exists():  # at least one epoch done, the rest still to run
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "last.pt").exists() and not (killed / "genotype.json").exists()
+    epoch_at_kill = torch.load(killed / "last.pt", weights_only=True)["epoch"]
+    assert epoch_at_kill < 3
+    refused = _search(cache, killed, "epochs=4", "max_steps_per_epoch=2")
+    assert refused.returncode == 2 and "resume=true" in refused.stderr
+    resumed = _search(cache, killed, "epochs=4", "max_steps_per_epoch=2", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (json.loads((killed / "genotype.json").read_text())["genotype"]
+            == json.loads((full / "genotype.json").read_text())["genotype"])
+    for key, value in _alphas(full).items():
+        assert torch.equal(value, _alphas(killed)[key]), key
+    epochs = [json.loads(line)["epoch"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2, 3]
+
+
+def test_retrain_writes_results_with_coco_metrics(cache, searched, tmp_path):
+    proc = _run(cache, "nas.retrain", str(searched / "genotype.json"), *TINY_DATA, "epochs=2",
+                "batch_size=4", f"run_dir={tmp_path / 'r'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    for key in ("AP", "AP50", "AP75", "APm", "APl", "AR", "params", "GFLOPs", "input_size"):
+        assert key in results, key
+    assert 0.0 <= results["AP"] <= 1.0 and results["params"] > 0 and results["GFLOPs"] > 0
+    assert (tmp_path / "r" / "best.pt").is_file()
+    preds = json.loads((tmp_path / "r" / "predictions.json").read_text())
+    assert preds and len(preds[0]["keypoints"]) == 51
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"format": "posenas.genotype", "version": 2}', "missing field"),
+])
+def test_malformed_genotype_is_one_line_and_exit_2(cache, tmp_path, content, message):
+    path = tmp_path / "bad genotype.json"
+    path.write_text(content)
+    proc = _run(cache, "nas.retrain", str(path), "epochs=1")
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_op_in_genotype(cache, searched, tmp_path):
+    data = json.loads((searched / "genotype.json").read_text())
+    data["genotype"]["fusion"][1][0] = "__import__('os').system('true')"
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(data))
+    proc = _run(cache, "nas.retrain", str(path))
+    assert proc.returncode == 2 and "genotype.fusion[1]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_config_value_fails_before_work(cache, tmp_path):
+    proc = _search(cache, tmp_path / "x", "epochs=abc")
+    assert proc.returncode != 0 and "epochs" in proc.stderr
+    assert not (tmp_path / "x" / "last.pt").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cache, searched, tmp_path):
+    run_dir = tmp_path / "nan"
+    proc = _run(cache, "nas.retrain", str(searched / "genotype.json"), *TINY_DATA, "epochs=3",
+                "batch_size=4", "eval_every=0", f"run_dir={run_dir}",
+                "criterion._target_=tests.helpers.NaNAfter", "~criterion.use_target_weight", "+criterion.after=4")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "training loss is nan" in proc.stderr and "Traceback" not in proc.stderr
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["epoch"] == 0  # the epoch that finished before the NaN, intact on disk
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
