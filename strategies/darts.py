@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nas.engine.guards import check_finite
+from nas.errors import UserError
 from nas.genotype import Genotype
 
 Batch = dict[str, torch.Tensor]
@@ -25,8 +26,8 @@ class Darts:
                  epochs: int, steps_per_epoch: int, unrolled: bool = False,
                  warmup_epochs: float = 0.0, grad_clip: float = 5.0, lr_min: float = 0.0):
         if not hasattr(supernet, "arch_parameters"):
-            raise TypeError(f"{type(supernet).__name__} has no arch_parameters(); DARTS needs a "
-                            "supernet with architecture parameters")
+            raise UserError(f"search space {space.name!r} has no architecture parameters, so a "
+                            "gradient strategy cannot search it; pick another strategy or space")
         self.space, self.supernet, self.criterion = space, supernet, criterion
         self.weights = list(supernet.weight_parameters())
         self.alphas = list(supernet.arch_parameters())
