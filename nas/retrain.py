@@ -38,11 +38,11 @@ def retrain(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_from = prepare_run_dir(run_dir, cfg.resume)
     configure_threads()
-    seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     input_size = list(cfg.input_size or genotype.input_size)
     heatmap_size = list(cfg.heatmap_size or genotype.heatmap_size)
     data = instantiate(cfg.data, input_size=input_size, heatmap_size=heatmap_size)
+    seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG
     model = space.build(genotype).to(device)
     if space.args.get("num_keypoints", data.num_keypoints) != data.num_keypoints:
         raise UserError(f"the genotype's network predicts {space.args['num_keypoints']} keypoints but "

@@ -30,9 +30,9 @@ def search(cfg: DictConfig) -> Path:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_from = prepare_run_dir(run_dir, cfg.resume)
     configure_threads()
-    seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     data = instantiate(cfg.data)
+    seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG
     space = instantiate(cfg.search_space)
     if space.args.get("num_keypoints") != data.num_keypoints:
         raise UserError(f"search_space.num_keypoints={space.args.get('num_keypoints')} but the data has "
