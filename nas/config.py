@@ -49,7 +49,19 @@ class RetrainConfig(RunConfig):
     criterion: Any = None
 
 
+@dataclass
+class EvaluateConfig:
+    data: Any = None
+    checkpoint: str = "???"
+    device: str = "auto"
+    num_workers: int = 1
+    flip_test: bool = True
+    eval_batch_size: int = 64
+    out_dir: Optional[str] = None
+
+
 def register() -> None:
     store = ConfigStore.instance()
     store.store(name="search_schema", node=SearchConfig)
     store.store(name="retrain_schema", node=RetrainConfig)
+    store.store(name="evaluate_schema", node=EvaluateConfig)

@@ -34,7 +34,8 @@ register()
 
 def retrain(cfg: DictConfig) -> dict:
     genotype = load(cfg.genotype)
-    space = resolve(genotype, OmegaConf.to_container(cfg.space_args))
+    space_args = {**genotype.space_args, **OmegaConf.to_container(cfg.space_args)}
+    space = resolve(genotype, space_args)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_from = prepare_run_dir(run_dir, cfg.resume)
     configure_threads()
@@ -50,7 +51,9 @@ def retrain(cfg: DictConfig) -> dict:
     train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, drop_last=True)
     val_loader = make_loader(data.val, cfg.eval_batch_size, False, cfg.num_workers)
     trainer = Trainer(model, instantiate(cfg.criterion), instantiate(cfg.optimizer)(model.parameters()),
-                      cfg.epochs, len(train_loader), device, cfg.lr_min, cfg.grad_clip)
+                      cfg.epochs, len(train_loader), device, cfg.lr_min, cfg.grad_clip,
+                      best_extra={"genotype": {**genotype.to_dict(), "space_args": space_args},
+                                  "input_size": input_size, "heatmap_size": heatmap_size})
     save_config(cfg, run_dir)
     log.info("retrain %s (%s) on %s: %d instances, %d epochs, input %s, device %s, run dir %s",
              cfg.genotype, genotype.space, data.name, len(data.train), cfg.epochs, input_size, device, run_dir)

@@ -102,6 +102,11 @@ def test_retrain_writes_results_with_coco_metrics(cache, searched, tmp_path):
     assert (tmp_path / "r" / "best.pt").is_file()
     preds = json.loads((tmp_path / "r" / "predictions.json").read_text())
     assert preds and len(preds[0]["keypoints"]) == 51
+    # the checkpoint alone (it carries the genotype) rebuilds the network and scores the same
+    again = _run(cache, "nas.evaluate", str(tmp_path / "r" / "best.pt"), *TINY_DATA[:4], "num_workers=0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    scores = json.loads((tmp_path / "r" / "eval_metrics.json").read_text())
+    assert abs(scores["AP"] - results["AP"]) < 1e-9 and abs(scores["AR"] - results["AR"]) < 1e-9
 
 
 @pytest.mark.parametrize("content, message", [

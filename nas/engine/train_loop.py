@@ -23,8 +23,9 @@ Evaluate = Callable[[nn.Module], dict[str, float]]
 class Trainer:
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                  epochs: int, steps_per_epoch: int, device: torch.device, lr_min: float = 0.0,
-                 grad_clip: float | None = None):
+                 grad_clip: float | None = None, best_extra: dict[str, Any] | None = None):
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
+        self.best_extra = dict(best_extra or {})  # stored in best.pt, e.g. the genotype
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, max(1, epochs * steps_per_epoch), lr_min)
         self.epochs, self.device, self.grad_clip = epochs, device, grad_clip
@@ -87,6 +88,6 @@ class Trainer:
         scores = evaluate(self.model)
         if scores["AP"] > self.best["AP"]:
             self.best = {**scores, "epoch": self.epoch}
-            save_checkpoint(run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": self.epoch,
-                                                  "scores": dict(scores)})
+            save_checkpoint(run_dir / "best.pt", {**self.best_extra, "model": self.model.state_dict(),
+                                                  "epoch": self.epoch, "scores": dict(scores)})
         return scores

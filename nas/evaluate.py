@@ -1,0 +1,60 @@
+"""python -m nas.evaluate CHECKPOINT.pt [hydra overrides]  ->  COCO metrics of a retrained network
+
+The checkpoint is a retrain's best.pt: it carries the genotype, so the network is rebuilt through
+its search space (resolved by name, as for retrain) and evaluated with flip test on the val split.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from nas.cli import positional_to_override, user_errors
+from nas.config import register
+from nas.engine.checkpoint import load_checkpoint
+from nas.engine.runtime import configure_threads, make_loader, pick_device
+from nas.errors import UserError
+from nas.genotype import Genotype
+from nas.metrics.coco_eval import evaluate_keypoints
+from nas.pose.predict import predict_coco
+from nas.spaces import resolve
+from nas.utils.io import atomic_write_text
+
+register()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    path = Path(cfg.checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path} (pass a retrain run's best.pt)")
+    state = load_checkpoint(path)
+    if "genotype" not in state:
+        raise UserError(f"{path} holds no genotype; pass the best.pt written by python -m nas.retrain")
+    genotype = Genotype.from_dict(state["genotype"])
+    model = resolve(genotype).build(genotype)
+    model.load_state_dict(state["model"])
+    configure_threads()
+    device = pick_device(cfg.device)
+    data = instantiate(cfg.data, input_size=state["input_size"], heatmap_size=state["heatmap_size"])
+    loader = make_loader(data.val, cfg.eval_batch_size, False, cfg.num_workers)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else path.parent
+    preds = predict_coco(model.to(device), loader, device, data.flip_pairs, flip=cfg.flip_test)
+    scores = evaluate_keypoints(data.val.coco, preds, out_json=out_dir / "eval_predictions.json")
+    atomic_write_text(out_dir / "eval_metrics.json", json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+@hydra.main(config_path="pkg://conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        scores = evaluate(cfg)
+    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+
+if __name__ == "__main__":
+    sys.argv = positional_to_override(sys.argv, "checkpoint")
+    main()
