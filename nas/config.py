@@ -21,6 +21,7 @@ class RunConfig:
     epochs: int = 1
     batch_size: int = 16
     num_workers: int = 1
+    threads: Optional[int] = None
     resume: bool = False
     run_dir: str = "runs/run"
     max_steps_per_epoch: Optional[int] = None
@@ -55,6 +56,7 @@ class EvaluateConfig:
     checkpoint: str = "???"
     device: str = "auto"
     num_workers: int = 1
+    threads: Optional[int] = None
     flip_test: bool = True
     eval_batch_size: int = 64
     out_dir: Optional[str] = None

@@ -37,7 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     genotype = Genotype.from_dict(state["genotype"])
     model = resolve(genotype).build(genotype)
     model.load_state_dict(state["model"])
-    configure_threads()
+    configure_threads(cfg.threads)
     device = pick_device(cfg.device)
     data = instantiate(cfg.data, input_size=state["input_size"], heatmap_size=state["heatmap_size"])
     loader = make_loader(data.val, cfg.eval_batch_size, False, cfg.num_workers)

@@ -38,7 +38,7 @@ def retrain(cfg: DictConfig) -> dict:
     space = resolve(genotype, space_args)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_from = prepare_run_dir(run_dir, cfg.resume)
-    configure_threads()
+    configure_threads(cfg.threads)
     device = pick_device(cfg.device)
     input_size = list(cfg.input_size or genotype.input_size)
     heatmap_size = list(cfg.heatmap_size or genotype.heatmap_size)

@@ -29,7 +29,7 @@ register()
 def search(cfg: DictConfig) -> Path:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_from = prepare_run_dir(run_dir, cfg.resume)
-    configure_threads()
+    configure_threads(cfg.threads)
     device = pick_device(cfg.device)
     data = instantiate(cfg.data)
     seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG

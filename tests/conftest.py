@@ -1,9 +1,16 @@
 """Shared test fixtures. Real data is read where it lies (../shared/data), never copied in."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see nas/__init__.py
+
+import pytest  # noqa: E402
+
+from nas.engine.runtime import configure_threads  # noqa: E402
+
+configure_threads()  # the same thread rule as the entry points
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
