@@ -6,6 +6,7 @@ import sys
 from typing import Iterator
 
 from hydra.errors import InstantiationException
+from omegaconf.errors import MissingMandatoryValue
 
 from nas.engine.guards import NonFiniteLossError
 from nas.errors import UserError
@@ -22,6 +23,10 @@ def user_errors() -> Iterator[None]:
         yield
     except (UserError, GenotypeError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", "") or "a required value"
+        print(f"error: {key} is not set; give it on the command line ({key}=...)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except InstantiationException as err:
         print(f"error: bad config: {err}", file=sys.stderr)

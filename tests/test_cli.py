@@ -147,3 +147,33 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cache, searched, tmp_
     state = torch.load(run_dir / "last.pt", weights_only=True)
     assert state["epoch"] == 0  # the epoch that finished before the NaN, intact on disk
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_retrain_killed_and_resumed_matches_uninterrupted(cache, searched, tmp_path):
+    args = [str(searched / "genotype.json"), *TINY_DATA, "epochs=4", "batch_size=4", "eval_every=1"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _run(cache, "nas.retrain", *args, f"run_dir={full}").returncode == 0
+    proc = subprocess.Popen(module_cmd("nas.retrain", *args, f"run_dir={killed}"), env=run_env(cache),
+                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (killed / "last.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
+    resumed = _run(cache, "nas.retrain", *args, f"run_dir={killed}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(full / "last.pt", weights_only=True)["model"]
+    b = torch.load(killed / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (json.loads((full / "results.json").read_text())["AP"]
+            == json.loads((killed / "results.json").read_text())["AP"])
+
+
+def test_missing_required_values_are_named(cache, tmp_path):
+    proc = _run(cache, "nas.search", "data=coco", f"run_dir={tmp_path / 'c'}")
+    assert proc.returncode == 2 and "data.root" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run(cache, "nas.search", "data=coco", "data.root=/no/such/coco", f"run_dir={tmp_path / 'd'}")
+    assert proc.returncode == 2 and "/no/such/coco" in proc.stderr
+    proc = _run(cache, "nas.retrain", f"run_dir={tmp_path / 'e'}")
+    assert proc.returncode == 2 and "genotype" in proc.stderr

@@ -92,6 +92,12 @@ def forever(loader: DataLoader) -> Iterator[Any]:
         yield from loader
 
 
+def format_eta(elapsed_s: float, done: int, total: int) -> str:
+    """Remaining time as H:MM:SS from the mean time per unit so far."""
+    remaining = int(elapsed_s / max(done, 1) * max(total - done, 0))
+    return f"{remaining // 3600}:{remaining % 3600 // 60:02d}:{remaining % 60:02d}"
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Intra-op CPU threads: `threads`, else OMP_NUM_THREADS, else half the logical cores.
 

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from nas.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nas.engine.runtime import MetricsLog, forever, log, to_device
+from nas.engine.runtime import MetricsLog, format_eta, forever, log, to_device
 from nas.genotype import Genotype
 
 
@@ -31,6 +31,7 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
         log.info("resumed from %s at epoch %d/%d", resume_from, start, epochs)
     metrics = MetricsLog(run_dir / "metrics.jsonl", keep_before_epoch=start)
     steps = len(train_loader) if max_steps_per_epoch is None else min(len(train_loader), max_steps_per_epoch)
+    started = time.time()
     for epoch in range(start, epochs):
         t0 = time.time()
         summary = _epoch(strategy, train_loader, arch_loader, steps, device, epoch, epochs)
@@ -38,8 +39,9 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
         record = {"epoch": epoch, **summary, **strategy.end_epoch(), "epoch_s": round(time.time() - t0, 2),
                   "genotype": genotype.genotype}
         metrics.write(record)
-        log.info("epoch %d/%d  loss %.6f  arch_loss %s  (%.0fs)", epoch + 1, epochs, summary["loss"],
-                 f"{summary['arch_loss']:.6f}" if "arch_loss" in summary else "-", record["epoch_s"])
+        log.info("epoch %d/%d  loss %.6f  arch_loss %s  (%.0fs, ETA %s)", epoch + 1, epochs, summary["loss"],
+                 f"{summary['arch_loss']:.6f}" if "arch_loss" in summary else "-", record["epoch_s"],
+                 format_eta(time.time() - started, epoch + 1 - start, epochs - start))
         save_checkpoint(run_dir / "last.pt", {"model": supernet.state_dict(), "strategy": strategy.state_dict(),
                                               "rng": rng_state(), "epoch": epoch})
     return strategy.result()

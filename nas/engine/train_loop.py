@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from nas.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nas.engine.guards import check_finite
-from nas.engine.runtime import MetricsLog, log, to_device
+from nas.engine.runtime import MetricsLog, format_eta, log, to_device
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
 
@@ -69,6 +69,7 @@ class Trainer:
             self.load_state_dict(load_checkpoint(resume_from))
             log.info("resumed from %s at epoch %d/%d", resume_from, self.epoch, self.epochs)
         metrics = MetricsLog(run_dir / "metrics.jsonl", keep_before_epoch=self.epoch)
+        started, first = time.time(), self.epoch
         while self.epoch < self.epochs:
             t0 = time.time()
             record: dict[str, Any] = {"epoch": self.epoch, "loss": self.train_epoch(loader),
@@ -78,8 +79,9 @@ class Trainer:
                 record.update(self._evaluate(evaluate, run_dir))
             record["epoch_s"] = round(time.time() - t0, 2)
             metrics.write(record)
-            log.info("epoch %d/%d  loss %.6f%s  (%.0fs)", self.epoch + 1, self.epochs, record["loss"],
-                     f"  AP {record['AP']:.4f}" if "AP" in record else "", record["epoch_s"])
+            log.info("epoch %d/%d  loss %.6f%s  (%.0fs, ETA %s)", self.epoch + 1, self.epochs, record["loss"],
+                     f"  AP {record['AP']:.4f}" if "AP" in record else "", record["epoch_s"],
+                     format_eta(time.time() - started, self.epoch + 1 - first, self.epochs - first))
             save_checkpoint(run_dir / "last.pt", self.state_dict())
             self.epoch += 1
         return dict(self.best)
