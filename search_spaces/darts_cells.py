@@ -108,13 +108,17 @@ class DartsSupernet(CellPoseNet):
 
 
 class DartsCellsSpace:
-    """PoseNAS search space. Sizes are PoseNAS's L (`layers`) and C (`init_channels`)."""
+    """PoseNAS search space. Sizes are PoseNAS's L (`layers`) and C (`init_channels`).
+
+    As in DARTS and PoseNAS, the search can run on a narrow proxy and the found cells be retrained
+    wider: genotypes this space emits carry `retrain_channels` as their C when it is set.
+    """
 
     name = "darts_cells"
 
     def __init__(self, init_channels: int = 8, layers: int = 4, steps: int = 3,
                  reductions: int = 2, num_keypoints: int = 17,
-                 primitives: Sequence[str] = PRIMITIVES):
+                 primitives: Sequence[str] = PRIMITIVES, retrain_channels: int | None = None):
         unknown = [p for p in primitives if p not in OPS]
         if unknown:
             raise ValueError(f"unknown primitives {unknown}; known ops: {', '.join(OPS)}")
@@ -123,6 +127,7 @@ class DartsCellsSpace:
         self.args = dict(init_channels=init_channels, layers=layers, steps=steps,
                          reductions=reductions, num_keypoints=num_keypoints)
         self.primitives = tuple(primitives)
+        self.retrain_channels = retrain_channels
 
     def _net_args(self) -> tuple[int, int, int, int, int]:
         a = self.args
@@ -132,7 +137,9 @@ class DartsCellsSpace:
         return DartsSupernet(*self._net_args(), primitives=self.primitives)
 
     def _genotype(self, cells: dict[str, list[Edge]], provenance: dict | None = None) -> Genotype:
-        return Genotype(space=self.name, space_args={**self.args, "primitives": list(self.primitives)},
+        channels = self.retrain_channels or self.args["init_channels"]
+        args = {**self.args, "init_channels": channels, "primitives": list(self.primitives)}
+        return Genotype(space=self.name, space_args=args,
                         genotype={k: [[op, src] for op, src in v] for k, v in cells.items()},
                         provenance=provenance or {})
 

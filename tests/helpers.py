@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = ["data.num_train=10", "data.num_val=4", "data.image_size=[128,128]", "data.max_people=2",
              "data.input_size=[64,48]", "data.heatmap_size=[16,12]", "data.sigma=1.0", "num_workers=0"]
 TINY_SPACE = ["search_space.init_channels=4", "search_space.layers=3", "search_space.steps=2",
-              "search_space.reductions=1"]
+              "search_space.reductions=1", "search_space.retrain_channels=null"]
 
 
 def run_env(cache: Path) -> dict[str, str]:

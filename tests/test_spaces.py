@@ -93,3 +93,12 @@ def test_darts_validate_names_the_bad_edge(bad, message):
     good = space.sample(random.Random(0)).genotype
     with pytest.raises(GenotypeError, match=message):
         space.validate(Genotype(space="darts_cells", genotype={**good, **bad}))
+
+
+def test_darts_genotypes_carry_the_retrain_width():
+    space = DartsCellsSpace(**TINY["darts_cells"], retrain_channels=12)
+    for genotype in (space.decode(space.supernet()), space.sample(random.Random(0))):
+        assert genotype.space_args["init_channels"] == 12
+        assert genotype.space_args.get("retrain_channels") is None
+    narrow = DartsCellsSpace(**TINY["darts_cells"]).decode(space.supernet())
+    assert narrow.space_args["init_channels"] == 4

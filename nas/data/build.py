@@ -49,7 +49,7 @@ def _datasets(name: str, root: Path, train_split: str, val_split: str, input_siz
     return PoseData(name, train, val, size, hm)
 
 
-def synthetic_data(input_size: Sequence[int] = (128, 96), heatmap_size: Sequence[int] = (32, 24),
+def synthetic_data(input_size: Sequence[int] = (96, 72), heatmap_size: Sequence[int] = (24, 18),
                    sigma: float = 1.5, augment: dict | None = None, num_train: int = 1600,
                    num_val: int = 200, image_size: Sequence[int] = (256, 256), max_people: int = 4,
                    seed: int = 0, cache_dir: str | None = None, max_train: int | None = None,
