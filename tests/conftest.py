@@ -24,3 +24,14 @@ def coco_mini_root() -> Path:
         pytest.skip(f"real COCO sample not found at {root} (it ships beside the repo in ../shared, "
                     "not inside it; a user's own clone has no such folder)")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run only where CUDA is present."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
