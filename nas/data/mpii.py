@@ -1,0 +1,168 @@
+"""Top-down MPII Human Pose dataset in the widely used json conversion (HRNet layout).
+
+Layout: `root/annot/{train,valid}.json` and `root/images/*.jpg`. Each json file is a list of people:
+`{"image": "015601864.jpg", "center": [x, y], "scale": s, "joints": [[x, y] x 16], "joints_vis": [0/1 x 16]}`.
+
+Conventions assumed (the ones HRNet and MMPose assume for these files):
+- Coordinates in the json are the original MATLAB ones, **1-based**: the json conversion copies the numbers of
+  `mpii_human_pose_v1_u12_1.mat` unchanged, and HRNet subtracts 1 from `center` and `joints` on load (and
+  adds 1 to its predictions before comparing with `gt_valid.mat`). We subtract 1 too (`one_based=True`), so
+  everything inside posenas is in 0-based pixel-centre coordinates, as for COCO. Pass `one_based=False` for
+  a conversion that already stores 0-based coordinates.
+- `scale` is in units of 200 px: the person box is a square of side `scale * 200` px around `center`.
+- Like HRNet/MMPose, the centre is first moved down by `15 * scale` px (MPII centres sit high, near the
+  belly; the shift avoids cutting the feet), and the square is then enlarged by `padding` (1.25).
+  For a non-square input the square is widened (or heightened) to the input's aspect ratio, never cut;
+  the result is our pixel `scale = (w, h)` crop size.
+- Joints with `joints_vis == 0` are unlabelled (their coordinates are often -1): weight 0, no target.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from nas.data.coco import InstanceRecord, _normalise, read_rgb
+from nas.data.transforms import (affine_points, box_to_center_scale, flip_keypoints,
+                                 generate_heatmaps, get_affine_transform)
+
+MPII_JOINTS: tuple[str, ...] = (
+    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
+    "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",
+)
+# The short names of the same joints in `gt_valid.mat`'s `dataset_joints`, in the same order.
+MPII_MAT_NAMES: tuple[str, ...] = (
+    "rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor",
+    "neck", "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri",
+)
+MPII_FLIP_PAIRS: tuple[tuple[int, int], ...] = ((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13))
+NUM_MPII_JOINTS = len(MPII_JOINTS)
+PIXEL_STD = 200.0  # MPII's `scale` unit, in pixels
+CENTER_SHIFT = 15.0  # px per unit of scale that the box centre is moved down
+
+
+@dataclass
+class MpiiPerson:
+    """One entry of an MPII json file, coordinates as stored there (see `one_based`)."""
+    image: str
+    center: np.ndarray   # (2,) [x, y]
+    scale: float         # box side / 200 px
+    joints: np.ndarray   # (16, 2) [x, y]
+    visible: np.ndarray  # (16,) bool
+
+
+def read_mpii_json(path: str | Path) -> list[MpiiPerson]:
+    """The people of an MPII json conversion file, in file order (the order of `gt_valid.mat`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MPII annotations not found: expected {path}")
+    people = []
+    for entry in json.loads(path.read_text()):
+        joints = np.asarray(entry.get("joints", np.zeros((NUM_MPII_JOINTS, 2))), dtype=np.float64)
+        visible = np.asarray(entry.get("joints_vis", np.zeros(NUM_MPII_JOINTS)), dtype=np.float64) > 0
+        people.append(MpiiPerson(image=str(entry["image"]),
+                                 center=np.asarray(entry["center"], dtype=np.float64),
+                                 scale=float(entry["scale"]),
+                                 joints=joints.reshape(NUM_MPII_JOINTS, 2), visible=visible))
+    return people
+
+
+def mpii_center_scale(center: np.ndarray, scale_200: float, aspect_ratio: float,
+                      padding: float = 1.25, shift: float = CENTER_SHIFT,
+                      one_based: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Our (center, pixel crop size (w, h)) for an MPII (center, scale) pair.
+
+    The centre moves down by `shift * scale_200` px (then by -1 px per axis if 1-based); the square of
+    side `200 * scale_200` is grown to `aspect_ratio` (the input's W / H) and enlarged by `padding`.
+    """
+    cx, cy = float(center[0]), float(center[1]) + shift * scale_200
+    if one_based:
+        cx, cy = cx - 1.0, cy - 1.0
+    side = PIXEL_STD * scale_200
+    box = (cx - 0.5 * side, cy - 0.5 * side, side, side)
+    return box_to_center_scale(box, aspect_ratio, padding)
+
+
+class MpiiTopDown(Dataset):
+    """The people of an MPII split, each as a normalised crop with heatmap targets (CocoTopDown's contract).
+
+    Every json entry becomes one sample, in file order, so `meta["index"]` is the position of the person
+    in `valid.json` and in `gt_valid.mat`; `image_id` numbers the distinct images (`image_names[id]`).
+    """
+
+    def __init__(self, root: str | Path, split: str, input_size: tuple[int, int] = (256, 256),
+                 heatmap_size: tuple[int, int] = (64, 64), sigma: float = 2.0, train: bool = False,
+                 scale_factor: float = 0.25, rot_factor: float = 30.0, rot_prob: float = 0.6,
+                 flip_prob: float = 0.5, padding: float = 1.25, one_based: bool = True,
+                 max_samples: int | None = None) -> None:
+        root = Path(root)
+        self.ann_file = root / "annot" / f"{split}.json"
+        self.image_dir = root / "images"
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
+        self.sigma, self.train, self.padding = float(sigma), bool(train), float(padding)
+        self.scale_factor, self.rot_factor = float(scale_factor), float(rot_factor)
+        self.rot_prob, self.flip_prob = float(rot_prob), float(flip_prob)
+        self.one_based = bool(one_based)
+        self.num_keypoints = NUM_MPII_JOINTS
+        self.flip_pairs = MPII_FLIP_PAIRS
+        self.people = read_mpii_json(self.ann_file)
+        self.image_names = sorted({p.image for p in self.people})
+        self._image_ids = {name: i for i, name in enumerate(self.image_names)}
+        self.samples: list[InstanceRecord] = [self._make_record(i, p) for i, p in enumerate(self.people)]
+        if max_samples is not None:
+            self.samples = self.samples[:max_samples]
+
+    def _make_record(self, index: int, person: MpiiPerson) -> InstanceRecord:
+        aspect = self.input_size[1] / self.input_size[0]
+        center, scale = mpii_center_scale(person.center, person.scale, aspect, self.padding,
+                                          one_based=self.one_based)
+        joints = person.joints - (1.0 if self.one_based else 0.0)
+        keypoints = np.concatenate([joints, person.visible[:, None]], axis=1).astype(np.float32)
+        keypoints[~person.visible, :2] = 0.0
+        side = PIXEL_STD * person.scale
+        box = np.array([center[0] - side / 2, center[1] - side / 2, side, side], dtype=np.float32)
+        return InstanceRecord(image_id=self._image_ids[person.image], ann_id=index,
+                              image_path=self.image_dir / person.image, box=box,
+                              center=center, scale=scale, keypoints=keypoints)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.samples[index]
+        image = read_rgb(record.image_path)  # (H0, W0, 3) uint8 RGB
+        keypoints = record.keypoints.copy()  # (16, 3) [x, y, v] 0-based image pixels
+        center, scale, rot = record.center.copy(), record.scale.copy(), 0.0
+        if self.train:
+            image, keypoints, center, scale, rot = self._augment(image, keypoints, center, scale)
+        mat = get_affine_transform(center, scale, rot, self.input_size)
+        height, width = self.input_size
+        crop = cv2.warpAffine(image, mat, (width, height), flags=cv2.INTER_LINEAR)
+        keypoints[:, :2] = affine_points(keypoints[:, :2], mat)
+        target, target_weight = generate_heatmaps(keypoints, self.input_size, self.heatmap_size,
+                                                  self.sigma)
+        meta = {"image_id": record.image_id, "center": center.astype(np.float32),
+                "scale": scale.astype(np.float32), "score": float(record.score), "index": int(index)}
+        return {"image": _normalise(crop), "target": torch.from_numpy(target),
+                "target_weight": torch.from_numpy(target_weight), "meta": meta}
+
+    def _augment(self, image: np.ndarray, keypoints: np.ndarray, center: np.ndarray,
+                 scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        """Random scale, rotation and horizontal flip (MPII pairs), drawn from torch's RNG."""
+        sf, rf = self.scale_factor, self.rot_factor
+        scale = scale * float(np.clip(1.0 + torch.randn(()).item() * sf, 1.0 - sf, 1.0 + sf))
+        rot = float(np.clip(torch.randn(()).item() * rf, -2.0 * rf, 2.0 * rf))
+        if torch.rand(()).item() >= self.rot_prob:
+            rot = 0.0
+        if torch.rand(()).item() < self.flip_prob:
+            width = image.shape[1]
+            image = np.ascontiguousarray(image[:, ::-1])
+            keypoints = flip_keypoints(keypoints, width, self.flip_pairs)
+            center = np.array([width - 1 - center[0], center[1]], dtype=np.float32)
+        return image, keypoints, center, scale, rot
