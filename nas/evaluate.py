@@ -2,6 +2,8 @@
 
 The checkpoint is a retrain's best.pt: it carries the genotype, so the network is rebuilt through
 its search space (resolved by name, as for retrain) and evaluated with flip test on the val split.
+With data=coco, `data.use_gt_bbox=false` evaluates on person-detector boxes, and `data.nms` (default
+oks, threshold `data.nms_threshold`) removes the duplicate poses of boxes that found the same person.
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     data = instantiate(cfg.data, input_size=state["input_size"], heatmap_size=state["heatmap_size"])
     loader = make_loader(data.val, cfg.eval_batch_size, False, cfg.num_workers)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else path.parent
-    preds = predict_coco(model.to(device), loader, device, data.flip_pairs, flip=cfg.flip_test)
+    preds = predict_coco(model.to(device), loader, device, data.flip_pairs, flip=cfg.flip_test,
+                         nms=data.nms, nms_threshold=data.nms_threshold)
     scores = evaluate_keypoints(data.val.coco, preds, out_json=out_dir / "eval_predictions.json")
     atomic_write_text(out_dir / "eval_metrics.json", json.dumps(scores, indent=2) + "\n")
     return scores

@@ -59,7 +59,8 @@ def retrain(cfg: DictConfig) -> dict:
              cfg.genotype, genotype.space, data.name, len(data.train), cfg.epochs, input_size, device, run_dir)
 
     def evaluate(net):
-        preds = predict_coco(net, val_loader, device, data.flip_pairs, flip=cfg.flip_test)
+        preds = predict_coco(net, val_loader, device, data.flip_pairs, flip=cfg.flip_test,
+                             nms=data.nms, nms_threshold=data.nms_threshold)
         return evaluate_keypoints(data.val.coco, preds, out_json=run_dir / "predictions.json")
 
     best = trainer.fit(train_loader, evaluate, cfg.eval_every, run_dir, resume_from)

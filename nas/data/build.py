@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, Subset
 
 from nas.data.coco import CocoTopDown
 from nas.errors import UserError
+from nas.pose.nms import NMS_METHODS
 
 
 @dataclass
@@ -23,6 +24,8 @@ class PoseData:
     val: CocoTopDown
     input_size: tuple[int, int]
     heatmap_size: tuple[int, int]
+    nms: str | None = None       # OKS-NMS of the val predictions: None, "oks" or "soft_oks"
+    nms_threshold: float = 0.9
 
     @property
     def num_keypoints(self) -> int:
@@ -41,11 +44,11 @@ def _pair(value: Sequence[int], what: str) -> tuple[int, int]:
 
 def _datasets(name: str, root: Path, train_split: str, val_split: str, input_size: Sequence[int],
               heatmap_size: Sequence[int], sigma: float, augment: dict,
-              max_train: int | None, max_val: int | None) -> PoseData:
+              max_train: int | None, max_val: int | None, val_args: dict | None = None) -> PoseData:
     size, hm = _pair(input_size, "data.input_size"), _pair(heatmap_size, "data.heatmap_size")
     common = dict(input_size=size, heatmap_size=hm, sigma=sigma)
     train = CocoTopDown(root, train_split, train=True, max_samples=max_train, **common, **augment)
-    val = CocoTopDown(root, val_split, train=False, max_samples=max_val, **common)
+    val = CocoTopDown(root, val_split, train=False, max_samples=max_val, **common, **(val_args or {}))
     return PoseData(name, train, val, size, hm)
 
 
@@ -66,14 +69,29 @@ def synthetic_data(input_size: Sequence[int] = (96, 72), heatmap_size: Sequence[
 def coco_data(root: str, input_size: Sequence[int] = (256, 192), heatmap_size: Sequence[int] = (64, 48),
               sigma: float = 2.0, augment: dict | None = None, train_split: str = "train2017",
               val_split: str = "val2017", max_train: int | None = None,
-              max_val: int | None = None) -> PoseData:
-    """COCO 2017 keypoints in the HRNet layout (annotations/, images/ or {train,val}2017/)."""
+              max_val: int | None = None, use_gt_bbox: bool = True, bbox_file: str | None = None,
+              det_score_threshold: float = 0.0, nms: str | None = None,
+              nms_threshold: float = 0.9) -> PoseData:
+    """COCO 2017 keypoints in the HRNet layout (annotations/, images/ or {train,val}2017/).
+
+    The box and NMS settings concern the val split only: `use_gt_bbox=False` evaluates on the person
+    detector boxes of `bbox_file` (relative to `root`), and `nms` names the OKS-NMS of its predictions.
+    """
     path = Path(root).expanduser()
     if not path.is_dir():
         raise UserError(f"COCO root {path} does not exist; set data.root=/path/to/coco "
                         "(the folder holding annotations/ and train2017/, val2017/ or images/)")
-    return _datasets("coco", path, train_split, val_split, input_size, heatmap_size, sigma,
-                     dict(augment or {}), max_train, max_val)
+    if nms is not None and nms not in NMS_METHODS:
+        raise UserError(f"data.nms must be one of {', '.join(NMS_METHODS)} or null, got {nms!r}")
+    val_args = dict(use_gt_bbox=use_gt_bbox, bbox_file=bbox_file,
+                    det_score_threshold=det_score_threshold)
+    try:
+        data = _datasets("coco", path, train_split, val_split, input_size, heatmap_size, sigma,
+                         dict(augment or {}), max_train, max_val, val_args)
+    except ValueError as err:  # a bad detection file or setting: the user's to fix
+        raise UserError(str(err)) from err
+    data.nms, data.nms_threshold = nms, float(nms_threshold)
+    return data
 
 
 def split_by_image(dataset: CocoTopDown, fraction: float, seed: int) -> tuple[Dataset, Dataset]:

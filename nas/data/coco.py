@@ -1,4 +1,5 @@
-"""Top-down COCO person-keypoint dataset: one sample per annotated person, cropped around its GT box.
+"""Top-down COCO person-keypoint dataset: one sample per annotated person, cropped around its GT box,
+or (for evaluation) one sample per person-detector box, as in HRNet's and SimpleBaseline's test pipeline.
 
 Works on a real COCO download (`root/val2017/`, `root/annotations/person_keypoints_val2017.json`) and on
 any dataset written in the same format (images under `root/<split>/` or `root/images/<split>/`).
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from nas.data.transforms import (affine_points, box_to_center_scale, flip_keypoi
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+DEFAULT_BBOX_FILE = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
+DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
 class UnreadableImageError(OSError):
@@ -66,6 +70,27 @@ def clip_box(box_xywh: list[float], width: int, height: int) -> np.ndarray | Non
     return np.array([x1, y1, x2 - x1, y2 - y1], dtype=np.float32)
 
 
+def read_detections(path: Path) -> list[dict]:
+    """The entries of a COCO detection file, checked: a list of {image_id, category_id, bbox, score}."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"person detection file not found: expected {path} (a COCO-format list of "
+            "{image_id, category_id, bbox, score}; set data.bbox_file or use data.use_gt_bbox=true)")
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"detection file {path} is not valid JSON: {err}") from err
+    if not isinstance(entries, list):
+        raise ValueError(f"detection file {path} must hold a JSON list of detections, "
+                         f"got a {type(entries).__name__}")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or any(k not in entry for k in DETECTION_KEYS) \
+                or not isinstance(entry["bbox"], list) or len(entry["bbox"]) != 4:
+            raise ValueError(f"detection file {path}: entry {i} is not a dict with keys "
+                             f"{', '.join(DETECTION_KEYS)} and a 4-number bbox: {str(entry)[:120]}")
+    return entries
+
+
 def _find_image_dir(root: Path, split: str) -> Path:
     candidates = [root / split, root / "images" / split]
     for candidate in candidates:
@@ -82,7 +107,13 @@ class CocoTopDown(Dataset):
                  heatmap_size: tuple[int, int] = (64, 48), sigma: float = 2.0, train: bool = False,
                  scale_factor: float = 0.35, rot_factor: float = 45.0, rot_prob: float = 0.6,
                  flip_prob: float = 0.5, padding: float = 1.25,
-                 max_samples: int | None = None) -> None:
+                 max_samples: int | None = None, use_gt_bbox: bool = True,
+                 bbox_file: str | Path | None = None, det_score_threshold: float = 0.0) -> None:
+        """`use_gt_bbox=False` crops around the person boxes of `bbox_file` (relative to `root`;
+        default DEFAULT_BBOX_FILE) with score >= `det_score_threshold`, for evaluation only."""
+        if train and not use_gt_bbox:
+            raise ValueError("detector boxes (use_gt_bbox=False) are for evaluation only; "
+                             "the training split needs ground-truth boxes")
         root = Path(root)
         self.ann_file = root / "annotations" / f"person_keypoints_{split}.json"
         if not self.ann_file.is_file():
@@ -99,7 +130,13 @@ class CocoTopDown(Dataset):
         self.sigmas = np.array(COCO_SIGMAS, dtype=np.float32)
         self.coco = load_coco(self.ann_file)
         self.dropped: dict[str, int] = {"iscrowd": 0, "degenerate_box": 0, "no_keypoints": 0}
-        self.samples: list[InstanceRecord] = self._load_samples()
+        self.use_gt_bbox = bool(use_gt_bbox)
+        if self.use_gt_bbox:
+            self.samples: list[InstanceRecord] = self._load_samples()
+        else:
+            self.bbox_file = root / (bbox_file if bbox_file is not None else DEFAULT_BBOX_FILE)
+            self.samples = self._load_detection_samples(read_detections(self.bbox_file),
+                                                        float(det_score_threshold))
         if max_samples is not None:
             self.samples = self.samples[:max_samples]
 
@@ -112,6 +149,33 @@ class CocoTopDown(Dataset):
                 record = self._make_record(ann, info)
                 if record is not None:
                     samples.append(record)
+        return samples
+
+    def _load_detection_samples(self, detections: list[dict], threshold: float) -> list[InstanceRecord]:
+        """One record per person box scoring >= `threshold`, in file order, with unlabelled keypoints.
+
+        Boxes are used as given, not clipped (as HRNet does); those without area count as degenerate.
+        `ann_id` is the box's index in the detection file.
+        """
+        known = set(self.coco.getImgIds())
+        unknown = sorted({int(d["image_id"]) for d in detections} - known)
+        if unknown:
+            raise ValueError(f"detection file {self.bbox_file} names {len(unknown)} image ids absent from "
+                             f"{self.ann_file}, e.g. {unknown[:5]}; use the detections of this split")
+        samples = []
+        for index, det in enumerate(detections):
+            if int(det["category_id"]) != 1 or float(det["score"]) < threshold:
+                continue
+            box = np.array(det["bbox"], dtype=np.float32)
+            if box[2] <= 0 or box[3] <= 0:
+                self.dropped["degenerate_box"] += 1
+                continue
+            info = self.coco.loadImgs(int(det["image_id"]))[0]
+            center, scale = box_to_center_scale(box, self.input_size[1] / self.input_size[0], self.padding)
+            samples.append(InstanceRecord(
+                image_id=int(info["id"]), ann_id=index, image_path=self.image_dir / info["file_name"],
+                box=box, center=center, scale=scale, score=float(det["score"]),
+                keypoints=np.zeros((self.num_keypoints, 3), dtype=np.float32)))
         return samples
 
     def _make_record(self, ann: dict, info: dict) -> InstanceRecord | None:

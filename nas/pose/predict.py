@@ -7,8 +7,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from nas.data.keypoints import COCO_SIGMAS
 from nas.pose.decode import decode_heatmaps
 from nas.pose.flip import flip_test
+from nas.pose.nms import nms_per_image
 
 KEYPOINT_SCORE_THRESHOLD = 0.2  # joints above this confidence count in the instance score (HRNet)
 
@@ -30,15 +32,24 @@ def instance_scores(maxvals: np.ndarray, box_scores: np.ndarray) -> np.ndarray:
 
 def results_from_predictions(preds: np.ndarray, maxvals: np.ndarray,
                              meta: Mapping[str, Any]) -> list[dict]:
-    """COCO keypoint result entries from image preds (N, K, 2) and maxvals (N, K, 1)."""
+    """COCO keypoint result entries from image preds (N, K, 2) and maxvals (N, K, 1).
+
+    With `meta["scale"]`, each entry also gets `area`: the crop's w * h in pixels, i.e. the box grown
+    to the input's aspect ratio and padded (HRNet's `scale[0] * scale[1] * 200**2`), which OKS-NMS uses.
+    """
     image_ids = _numpy(meta["image_id"]).reshape(-1)
     box_scores = _numpy(meta["score"]).reshape(-1).astype(np.float64) if "score" in meta \
         else np.ones(len(preds))
     scores = instance_scores(maxvals, box_scores)
     flat = np.concatenate([preds, maxvals], axis=2).reshape(len(preds), -1)  # (N, 3K)
-    return [{"image_id": int(image_ids[i]), "category_id": 1,
-             "keypoints": [float(v) for v in flat[i]], "score": float(scores[i])}
-            for i in range(len(preds))]
+    results = [{"image_id": int(image_ids[i]), "category_id": 1,
+                "keypoints": [float(v) for v in flat[i]], "score": float(scores[i])}
+               for i in range(len(preds))]
+    if "scale" in meta:
+        scales = _numpy(meta["scale"]).reshape(-1, 2).astype(np.float64)
+        for result, (w, h) in zip(results, scales):
+            result["area"] = float(w * h)
+    return results
 
 
 def results_from_heatmaps(heatmaps: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) -> list[dict]:
@@ -53,9 +64,12 @@ def results_from_heatmaps(heatmaps: np.ndarray | torch.Tensor, meta: Mapping[str
 
 
 def predict_coco(model: nn.Module, loader: Iterable[dict], device: torch.device | str,
-                 flip_pairs: Sequence[tuple[int, int]], flip: bool = True) -> list[dict]:
+                 flip_pairs: Sequence[tuple[int, int]], flip: bool = True, nms: str | None = None,
+                 nms_threshold: float = 0.9, sigmas: Sequence[float] | None = None) -> list[dict]:
     """COCO keypoint results of `model` on every batch of `loader` (eval mode, no gradients).
 
+    `nms` ("oks", "soft_oks" or None) applies OKS-NMS within each image, comparing only joints above
+    KEYPOINT_SCORE_THRESHOLD as HRNet does; `sigmas` are its per-joint OKS constants (default COCO's).
     The model's previous train/eval mode is restored afterwards.
     """
     was_training = model.training
@@ -67,4 +81,7 @@ def predict_coco(model: nn.Module, loader: Iterable[dict], device: torch.device 
             heatmaps = flip_test(model, images, flip_pairs) if flip else model(images)
             results += results_from_heatmaps(heatmaps.float(), batch["meta"])
     model.train(was_training)
-    return results
+    if nms is None:
+        return results
+    return nms_per_image(results, nms, nms_threshold, COCO_SIGMAS if sigmas is None else sigmas,
+                         KEYPOINT_SCORE_THRESHOLD)
