@@ -8,6 +8,7 @@ from typing import Iterator
 from hydra.errors import InstantiationException
 from omegaconf.errors import MissingMandatoryValue
 
+from nas.data.coco import UnreadableImageError
 from nas.engine.guards import NonFiniteLossError
 from nas.errors import UserError
 from nas.genotype import GenotypeError
@@ -21,7 +22,7 @@ def user_errors() -> Iterator[None]:
     """Errors the user can fix print once, without a traceback; internal errors keep theirs."""
     try:
         yield
-    except (UserError, GenotypeError, FileNotFoundError) as err:
+    except (UserError, GenotypeError, FileNotFoundError, UnreadableImageError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except MissingMandatoryValue as err:

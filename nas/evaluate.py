@@ -1,4 +1,6 @@
-"""python -m nas.evaluate CHECKPOINT.pt [hydra overrides]  ->  COCO metrics of a retrained network
+"""python -m nas.evaluate CHECKPOINT.pt [hydra overrides]  ->  the metrics of a retrained network
+
+The metric is the val dataset's own (`data.val.evaluate`): COCO OKS AP/AR, or PCKh with data=mpii.
 
 The checkpoint is a retrain's best.pt: it carries the genotype, so the network is rebuilt through
 its search space (resolved by name, as for retrain) and evaluated with flip test on the val split.
@@ -21,7 +23,6 @@ from nas.engine.checkpoint import load_checkpoint
 from nas.engine.runtime import configure_threads, make_loader, pick_device
 from nas.errors import UserError
 from nas.genotype import Genotype
-from nas.metrics.coco_eval import evaluate_keypoints
 from nas.pose.predict import predict_coco
 from nas.spaces import resolve
 from nas.utils.io import atomic_write_text
@@ -46,7 +47,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.out_dir) if cfg.out_dir else path.parent
     preds = predict_coco(model.to(device), loader, device, data.flip_pairs, flip=cfg.flip_test,
                          nms=data.nms, nms_threshold=data.nms_threshold)
-    scores = evaluate_keypoints(data.val.coco, preds, out_json=out_dir / "eval_predictions.json")
+    scores = data.val.evaluate(preds)  # the dataset's own metric: AP for COCO-style data, PCKh for MPII
+    out_dir.mkdir(parents=True, exist_ok=True)  # eval_*: retrain's predictions.json there is left alone
+    atomic_write_text(out_dir / "eval_predictions.json", json.dumps(preds) + "\n")
     atomic_write_text(out_dir / "eval_metrics.json", json.dumps(scores, indent=2) + "\n")
     return scores
 
@@ -55,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> None:
     with user_errors():
         scores = evaluate(cfg)
-    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))  # the primary metric (AP, PCKh) first
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """python -m nas.retrain GENOTYPE.json [hydra overrides]  ->  <run_dir>/results.json, best.pt
 
 Builds the genotype's standalone network (the space is resolved only through conf/search_space/),
-trains it, evaluates it with flip test on the validation split (COCO OKS AP through pycocotools)
+trains it, evaluates it with flip test on the validation split (through the dataset's own metric:
+COCO OKS AP for COCO-style data, PCKh for MPII; best.pt is picked by that primary metric)
 and writes results.json with the metrics, params and GFLOPs.
 """
 from __future__ import annotations
@@ -18,13 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from estimators.complexity import count_gflops, count_params
 from nas.cli import positional_to_override, user_errors
 from nas.config import register
+from nas.data.bad_images import BadImageMonitor
 from nas.engine.checkpoint import load_checkpoint
 from nas.engine.runtime import (configure_threads, log, make_loader, pick_device, prepare_run_dir,
                                 save_config, seed_everything)
 from nas.engine.train_loop import Trainer
 from nas.errors import UserError
 from nas.genotype import load
-from nas.metrics.coco_eval import evaluate_keypoints
 from nas.pose.predict import predict_coco
 from nas.spaces import resolve
 from nas.utils.io import atomic_write_text
@@ -53,7 +54,9 @@ def retrain(cfg: DictConfig) -> dict:
     trainer = Trainer(model, instantiate(cfg.criterion), instantiate(cfg.optimizer)(model.parameters()),
                       cfg.epochs, len(train_loader), device, cfg.lr_min, cfg.grad_clip,
                       best_extra={"genotype": {**genotype.to_dict(), "space_args": space_args},
-                                  "input_size": input_size, "heatmap_size": heatmap_size})
+                                  "input_size": input_size, "heatmap_size": heatmap_size},
+                      primary_metric=data.val.primary_metric,
+                      bad_images=BadImageMonitor(len(data.train), data.max_bad_fraction))
     save_config(cfg, run_dir)
     log.info("retrain %s (%s) on %s: %d instances, %d epochs, input %s, device %s, run dir %s",
              cfg.genotype, genotype.space, data.name, len(data.train), cfg.epochs, input_size, device, run_dir)
@@ -61,13 +64,14 @@ def retrain(cfg: DictConfig) -> dict:
     def evaluate(net):
         preds = predict_coco(net, val_loader, device, data.flip_pairs, flip=cfg.flip_test,
                              nms=data.nms, nms_threshold=data.nms_threshold)
-        return evaluate_keypoints(data.val.coco, preds, out_json=run_dir / "predictions.json")
+        return data.val.evaluate(preds, out_dir=run_dir)
 
     best = trainer.fit(train_loader, evaluate, cfg.eval_every, run_dir, resume_from)
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     results = {**{k: v for k, v in best.items() if k != "epoch"}, "best_epoch": best["epoch"],
                "params": count_params(model), "GFLOPs": count_gflops(model, tuple(input_size)),
-               "input_size": input_size, "heatmap_size": heatmap_size, "flip_test": cfg.flip_test,
+               "primary_metric": data.val.primary_metric, "input_size": input_size,
+               "heatmap_size": heatmap_size, "flip_test": cfg.flip_test,
                "data": data.name, "genotype": str(Path(cfg.genotype).resolve()),
                "checkpoint": str(run_dir / "best.pt")}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
@@ -78,7 +82,9 @@ def retrain(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     with user_errors():
         results = retrain(cfg)
-    print(f"\nAP {results['AP']:.4f}  AP50 {results['AP50']:.4f}  params {results['params'] / 1e6:.2f}M  "
+    primary = results["primary_metric"]
+    extra = f"  AP50 {results['AP50']:.4f}" if primary == "AP" and "AP50" in results else ""
+    print(f"\n{primary} {results[primary]:.4f}{extra}  params {results['params'] / 1e6:.2f}M  "
           f"GFLOPs {results['GFLOPs']:.3f}\nresults: {Path(results['checkpoint']).parent / 'results.json'}")
 
 

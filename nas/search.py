@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas.cli import user_errors
 from nas.config import register
+from nas.data.bad_images import BadImageMonitor
 from nas.data.build import split_by_image
 from nas.engine.runtime import (configure_threads, log, make_loader, pick_device, prepare_run_dir,
                                 save_config, seed_everything)
@@ -48,8 +49,9 @@ def search(cfg: DictConfig) -> Path:
     log.info("search: %s + %s on %s (%d/%d training instances for weights/architecture), %d epochs "
              "x %d steps, device %s, run dir %s", space.name, type(strategy).__name__, data.name,
              len(weight_set), len(arch_set), cfg.epochs, steps, device, run_dir)
+    bad_images = BadImageMonitor(2 * steps * cfg.batch_size, data.max_bad_fraction)  # both batches
     genotype = run_search(strategy, supernet, train_loader, arch_loader, cfg.epochs, device, run_dir,
-                          resume_from, cfg.max_steps_per_epoch)
+                          resume_from, cfg.max_steps_per_epoch, bad_images)
     genotype.space = HydraConfig.get().runtime.choices["search_space"]
     genotype.input_size, genotype.heatmap_size = data.input_size, data.heatmap_size
     genotype.provenance = {"strategy": HydraConfig.get().runtime.choices["strategy"], "seed": cfg.seed,

@@ -177,3 +177,68 @@ def test_missing_required_values_are_named(cache, tmp_path):
     assert proc.returncode == 2 and "/no/such/coco" in proc.stderr
     proc = _run(cache, "nas.retrain", f"run_dir={tmp_path / 'e'}")
     assert proc.returncode == 2 and "genotype" in proc.stderr
+
+
+def _mpii_root(tmp_path: Path) -> Path:
+    """A tiny MPII root: 2 images of 128 x 128, 2 people each, all 16 joints labelled (1-based json)."""
+    import cv2
+    import numpy as np
+    root = tmp_path / "mpii"
+    (root / "annot").mkdir(parents=True)
+    (root / "images").mkdir()
+    people = []
+    for i in range(2):
+        cv2.imwrite(str(root / "images" / f"{i}.jpg"), np.full((128, 128, 3), 60 * i + 20, np.uint8))
+        for x in (40.0, 88.0):
+            joints = [[x + (j % 4) * 3, 20.0 + j * 5] for j in range(16)]
+            people.append({"image": f"{i}.jpg", "center": [x, 60.0], "scale": 0.5, "joints": joints,
+                           "joints_vis": [1] * 16})
+    for split in ("train", "valid"):
+        (root / "annot" / f"{split}.json").write_text(json.dumps(people))
+    return root
+
+
+def test_retrain_and_evaluate_on_mpii_report_pckh(tmp_path):
+    mpii = ["data=mpii", f"data.root={_mpii_root(tmp_path)}", "data.input_size=[64,64]",
+            "data.heatmap_size=[16,16]", "num_workers=0", "+space_args.num_keypoints=16"]
+    proc = _run(tmp_path, "nas.retrain", "genotypes/weak_plain_conv.json", *mpii, "epochs=1",
+                "batch_size=2", f"run_dir={tmp_path / 'r'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["primary_metric"] == "PCKh" and "AP" not in results
+    assert 0.0 <= results["PCKh"] <= 100.0 and results["PCKh"] == results["Mean"]
+    assert "PCKh " in proc.stdout
+    preds = json.loads((tmp_path / "r" / "predictions.json").read_text())
+    assert sorted(p["index"] for p in preds) == [0, 1, 2, 3]  # one per person, aligned by index
+    again = _run(tmp_path, "nas.evaluate", str(tmp_path / "r" / "best.pt"), *mpii[:5])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.strip().splitlines()[-1].startswith("PCKh ")  # the primary metric first
+    scores = json.loads((tmp_path / "r" / "eval_metrics.json").read_text())
+    assert scores["PCKh"] == pytest.approx(results["PCKh"])
+
+
+def test_retrain_aborts_on_unreadable_training_images_in_one_line(tmp_path):
+    from tests.test_bad_input import _pose, write_coco
+    root = write_coco(tmp_path, [_pose(i) for i in range(4)], corrupt=(1,))
+    proc = _run(tmp_path, "nas.retrain", "genotypes/weak_plain_conv.json", "data=coco", f"data.root={root}",
+                "data.input_size=[64,48]", "data.heatmap_size=[16,12]", "num_workers=0", "epochs=1",
+                "batch_size=2", "data.max_bad_fraction=0", f"run_dir={tmp_path / 'r'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "000000000002.jpg" in last and "max_bad_fraction" in last
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreadable_val_image_is_a_one_line_error_naming_it(tmp_path):
+    """Training skips the corrupt image (1 of 4 <= 0.5), evaluation cannot: exit 2, one line, the file."""
+    from tests.test_bad_input import _pose, write_coco
+    root = write_coco(tmp_path, [_pose(i) for i in range(4)], corrupt=(1,))
+    proc = _run(tmp_path, "nas.retrain", "genotypes/weak_plain_conv.json", "data=coco", f"data.root={root}",
+                "data.input_size=[64,48]", "data.heatmap_size=[16,12]", "num_workers=0", "epochs=1",
+                "batch_size=2", "data.max_bad_fraction=0.5", f"run_dir={tmp_path / 'r'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "skipped unreadable training image" in proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot read image") and last.endswith(
+        "val2017/000000000002.jpg (missing, empty or not an image)")
+    assert "Traceback" not in proc.stderr

@@ -199,3 +199,51 @@ def test_mpii_config_builds_pose_data(tmp_path):
                                                                                   (64, 64))
     assert data.train.train and not data.val.train and len(data.val) == 1
     assert tuple(data.val[0]["image"].shape) == (3, 256, 256)
+
+
+# ---------------------------------------------------------------- the dataset's metric hook
+def _fallback_example(tmp_path: Path) -> tuple[MpiiTopDown, np.ndarray]:
+    """The people of the fallback test above as a dataset, and person A's predictions (13/14 hits)."""
+    joints_a = {j: (101.0 + 10 * j, 151.0) for j in MEAN_ORDER}
+    joints_a[8], joints_a[9] = (101.0, 101.0), (101.0, 51.0)
+    joints_b = {j: (50.0, 50.0) for j in MEAN_ORDER if j != 9}
+    (tmp_path / "annot").mkdir()
+    people = [_person("a.jpg", (100, 100), 1.0, joints_a), _person("a.jpg", (50, 50), 1.0, joints_b)]
+    (tmp_path / "annot" / "valid.json").write_text(json.dumps(people))
+    pred_a = np.zeros((16, 2))
+    for j, (x, y) in joints_a.items():
+        pred_a[j] = (x - 1.0, y - 1.0)
+    pred_a[1, 0] += 24.0  # r_knee: hit (bound 25 px)
+    pred_a[4, 1] += 26.0  # l_knee: miss
+    return MpiiTopDown(tmp_path, "valid"), pred_a
+
+
+def _entry(index: int, joints: np.ndarray, score: float = 1.0) -> dict:
+    keypoints = np.concatenate([joints, np.ones((16, 1))], axis=1).reshape(-1)
+    return {"image_id": 0, "category_id": 1, "keypoints": keypoints.tolist(), "score": score,
+            "index": index}
+
+
+def test_dataset_evaluate_aligns_results_by_index_and_reports_pckh(tmp_path):
+    data, pred_a = _fallback_example(tmp_path)
+    assert data.primary_metric == "PCKh"
+    far = np.full((16, 2), 1000.0)
+    # out of order, and a lower-scored duplicate for person A that must lose to the real one
+    results = [_entry(1, far), _entry(0, far, score=0.1), _entry(0, pred_a, score=0.9)]
+    with pytest.warns(UserWarning, match="not found"):
+        scores = data.evaluate(results, out_dir=tmp_path / "out")
+    assert scores["PCKh"] == pytest.approx(100.0 * 13 / 14) == scores["Mean"]
+    assert scores["Knee"] == pytest.approx(50.0)
+    assert scores["people_without_head_size"] == 1.0
+    assert all(isinstance(v, float) for v in scores.values())
+    assert data.head_size_source == SOURCE_FALLBACK
+    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 3
+
+
+def test_dataset_evaluate_counts_a_person_without_prediction_as_missed(tmp_path):
+    data, _ = _fallback_example(tmp_path)
+    with pytest.warns(UserWarning, match="not found"):
+        scores = data.evaluate([_entry(1, np.zeros((16, 2)))])
+    assert scores["PCKh"] == 0.0
+    with pytest.raises(ValueError, match="index 5 is outside the 2 samples"):
+        data.evaluate([_entry(5, np.zeros((16, 2)))])

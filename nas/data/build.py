@@ -26,6 +26,7 @@ class PoseData:
     heatmap_size: tuple[int, int]
     nms: str | None = None       # OKS-NMS of the val predictions: None, "oks" or "soft_oks"
     nms_threshold: float = 0.9
+    max_bad_fraction: float = 0.01  # of a training epoch's samples that may be skipped (unreadable image)
 
     @property
     def num_keypoints(self) -> int:
@@ -42,6 +43,12 @@ def _pair(value: Sequence[int], what: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def _bad_fraction(value: float) -> float:
+    if not 0.0 <= float(value) <= 1.0:
+        raise UserError(f"data.max_bad_fraction must be in [0, 1], got {value}")
+    return float(value)
+
+
 def _datasets(name: str, root: Path, train_split: str, val_split: str, input_size: Sequence[int],
               heatmap_size: Sequence[int], sigma: float, augment: dict,
               max_train: int | None, max_val: int | None, val_args: dict | None = None) -> PoseData:
@@ -56,14 +63,16 @@ def synthetic_data(input_size: Sequence[int] = (96, 72), heatmap_size: Sequence[
                    sigma: float = 1.5, augment: dict | None = None, num_train: int = 1600,
                    num_val: int = 200, image_size: Sequence[int] = (256, 256), max_people: int = 4,
                    seed: int = 0, cache_dir: str | None = None, max_train: int | None = None,
-                   max_val: int | None = None) -> PoseData:
+                   max_val: int | None = None, max_bad_fraction: float = 0.01) -> PoseData:
     """The built-in synthetic COCO-format dataset, generated into the cache on first use."""
     from nas.data.synthetic import SyntheticSpec, ensure_synthetic
     spec = SyntheticSpec(num_train=num_train, num_val=num_val, image_size=_pair(image_size, "image_size"),
                          max_people=max_people, seed=seed)
     root = ensure_synthetic(spec, cache_dir)
-    return _datasets("synthetic", root, "train", "val", input_size, heatmap_size, sigma,
+    data = _datasets("synthetic", root, "train", "val", input_size, heatmap_size, sigma,
                      dict(augment or {}), max_train, max_val)
+    data.max_bad_fraction = _bad_fraction(max_bad_fraction)
+    return data
 
 
 def coco_data(root: str, input_size: Sequence[int] = (256, 192), heatmap_size: Sequence[int] = (64, 48),
@@ -71,7 +80,7 @@ def coco_data(root: str, input_size: Sequence[int] = (256, 192), heatmap_size: S
               val_split: str = "val2017", max_train: int | None = None,
               max_val: int | None = None, use_gt_bbox: bool = True, bbox_file: str | None = None,
               det_score_threshold: float = 0.0, nms: str | None = None,
-              nms_threshold: float = 0.9) -> PoseData:
+              nms_threshold: float = 0.9, max_bad_fraction: float = 0.01) -> PoseData:
     """COCO 2017 keypoints in the HRNet layout (annotations/, images/ or {train,val}2017/).
 
     The box and NMS settings concern the val split only: `use_gt_bbox=False` evaluates on the person
@@ -91,6 +100,7 @@ def coco_data(root: str, input_size: Sequence[int] = (256, 192), heatmap_size: S
     except ValueError as err:  # a bad detection file or setting: the user's to fix
         raise UserError(str(err)) from err
     data.nms, data.nms_threshold = nms, float(nms_threshold)
+    data.max_bad_fraction = _bad_fraction(max_bad_fraction)
     return data
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from nas.data.build import PoseData, _pair
+from nas.data.build import PoseData, _bad_fraction, _pair
 from nas.data.mpii import MpiiTopDown
 from nas.errors import UserError
 
@@ -12,7 +12,7 @@ from nas.errors import UserError
 def mpii_data(root: str, input_size: Sequence[int] = (256, 256), heatmap_size: Sequence[int] = (64, 64),
               sigma: float = 2.0, augment: dict | None = None, train_split: str = "train",
               val_split: str = "valid", one_based: bool = True, max_train: int | None = None,
-              max_val: int | None = None) -> PoseData:
+              max_val: int | None = None, max_bad_fraction: float = 0.01) -> PoseData:
     """MPII in the HRNet layout (annot/{train,valid}.json, images/); PCKh via nas.metrics.pckh."""
     path = Path(root).expanduser()
     if not (path / "annot").is_dir():
@@ -23,4 +23,4 @@ def mpii_data(root: str, input_size: Sequence[int] = (256, 256), heatmap_size: S
     train = MpiiTopDown(path, train_split, train=True, max_samples=max_train, **common,
                         **dict(augment or {}))
     val = MpiiTopDown(path, val_split, train=False, max_samples=max_val, **common)
-    return PoseData("mpii", train, val, size, hm)
+    return PoseData("mpii", train, val, size, hm, max_bad_fraction=_bad_fraction(max_bad_fraction))

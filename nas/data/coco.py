@@ -18,9 +18,12 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from nas.data.bad_images import read_or_next
+from nas.data.half_body import COCO_UPPER_BODY, half_body_crop
 from nas.data.keypoints import COCO_FLIP_PAIRS, COCO_SIGMAS, NUM_COCO_KEYPOINTS
 from nas.data.transforms import (affine_points, box_to_center_scale, flip_keypoints,
                                  generate_heatmaps, get_affine_transform)
+from nas.errors import UserError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -101,12 +104,18 @@ def _find_image_dir(root: Path, split: str) -> Path:
 
 
 class CocoTopDown(Dataset):
-    """Person instances of a COCO keypoint file, each as a normalised crop with its heatmap targets."""
+    """Person instances of a COCO keypoint file, each as a normalised crop with its heatmap targets.
+
+    `primary_metric` and `evaluate` are the per-dataset metric hook that retrain/evaluate use.
+    """
+
+    primary_metric = "AP"
 
     def __init__(self, root: str | Path, split: str, input_size: tuple[int, int] = (256, 192),
                  heatmap_size: tuple[int, int] = (64, 48), sigma: float = 2.0, train: bool = False,
                  scale_factor: float = 0.35, rot_factor: float = 45.0, rot_prob: float = 0.6,
                  flip_prob: float = 0.5, padding: float = 1.25,
+                 half_body_prob: float = 0.0, num_joints_half_body: int = 8,
                  max_samples: int | None = None, use_gt_bbox: bool = True,
                  bbox_file: str | Path | None = None, det_score_threshold: float = 0.0) -> None:
         """`use_gt_bbox=False` crops around the person boxes of `bbox_file` (relative to `root`;
@@ -125,6 +134,8 @@ class CocoTopDown(Dataset):
         self.sigma, self.train, self.padding = float(sigma), bool(train), float(padding)
         self.scale_factor, self.rot_factor = float(scale_factor), float(rot_factor)
         self.rot_prob, self.flip_prob = float(rot_prob), float(flip_prob)
+        self.half_body_prob, self.num_joints_half_body = float(half_body_prob), int(num_joints_half_body)
+        self.upper_body = COCO_UPPER_BODY
         self.num_keypoints = NUM_COCO_KEYPOINTS
         self.flip_pairs = COCO_FLIP_PAIRS
         self.sigmas = np.array(COCO_SIGMAS, dtype=np.float32)
@@ -199,9 +210,24 @@ class CocoTopDown(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def evaluate(self, results: list[dict], out_dir: Path | None = None,
+                 name: str = "predictions.json") -> dict[str, float]:
+        """OKS AP/AR (pycocotools) of COCO-format `results`; writes them to `out_dir/name` if given."""
+        from nas.metrics.coco_eval import evaluate_keypoints
+        out_json = Path(out_dir) / name if out_dir is not None else None
+        try:
+            return evaluate_keypoints(self.coco, results, out_json=out_json, sigmas=self.sigmas)
+        except ValueError as err:  # predictions for images this split does not have
+            raise UserError(f"{err} ({self.ann_file}); evaluate on the split the predictions are of") \
+                from err
+
     def __getitem__(self, index: int) -> dict:
-        record = self.samples[index]
-        image = read_rgb(record.image_path)  # (H0, W0, 3) uint8 RGB
+        if self.train:  # a missing/unreadable image is skipped for the next sample (nas.data.bad_images)
+            index, image, skipped = read_or_next(index, len(self.samples),
+                                                 lambda i: self.samples[i].image_path, read_rgb)
+        else:  # evaluation: an unreadable image is an error naming the file
+            image, skipped = read_rgb(self.samples[index].image_path), ""
+        record = self.samples[index]  # image: (H0, W0, 3) uint8 RGB
         keypoints = record.keypoints.copy()
         center, scale, rot = record.center.copy(), record.scale.copy(), 0.0
         if self.train:
@@ -214,12 +240,15 @@ class CocoTopDown(Dataset):
                                                   self.sigma)
         meta = {"image_id": record.image_id, "center": center.astype(np.float32),
                 "scale": scale.astype(np.float32), "score": float(record.score), "index": int(index)}
+        if self.train:
+            meta["skipped"] = skipped
         return {"image": _normalise(crop), "target": torch.from_numpy(target),
                 "target_weight": torch.from_numpy(target_weight), "meta": meta}
 
     def _augment(self, image: np.ndarray, keypoints: np.ndarray, center: np.ndarray,
                  scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-        """Random scale, rotation and horizontal flip, drawn from torch's RNG (seedable per worker)."""
+        """Half-body crop, random scale, rotation and flip, from torch's RNG (seedable per worker)."""
+        center, scale = self._half_body(keypoints, center, scale)
         sf, rf = self.scale_factor, self.rot_factor
         scale = scale * float(np.clip(1.0 + torch.randn(()).item() * sf, 1.0 - sf, 1.0 + sf))
         rot = float(np.clip(torch.randn(()).item() * rf, -2.0 * rf, 2.0 * rf))
@@ -231,6 +260,19 @@ class CocoTopDown(Dataset):
             keypoints = flip_keypoints(keypoints, width, self.flip_pairs)
             center = np.array([width - 1 - center[0], center[1]], dtype=np.float32)
         return image, keypoints, center, scale, rot
+
+    def _half_body(self, keypoints: np.ndarray, center: np.ndarray,
+                   scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """With probability half_body_prob and more than num_joints_half_body labelled joints, the crop of
+        a random half of the body (nas.data.half_body); RNG draws only when the probability is > 0."""
+        if self.half_body_prob <= 0 or int((keypoints[:, 2] > 0).sum()) <= self.num_joints_half_body:
+            return center, scale
+        if torch.rand(()).item() >= self.half_body_prob:
+            return center, scale
+        prefer_upper = torch.rand(()).item() < 0.5
+        crop = half_body_crop(keypoints, self.upper_body, self.input_size[1] / self.input_size[0],
+                              prefer_upper)
+        return (center, scale) if crop is None else crop
 
 
 def _normalise(crop: np.ndarray) -> torch.Tensor:

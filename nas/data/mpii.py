@@ -19,6 +19,7 @@ Conventions assumed (the ones HRNet and MMPose assume for these files):
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nas.data.bad_images import read_or_next
 from nas.data.coco import InstanceRecord, _normalise, read_rgb
+from nas.data.half_body import MPII_UPPER_BODY, half_body_crop
 from nas.data.transforms import (affine_points, box_to_center_scale, flip_keypoints,
                                  generate_heatmaps, get_affine_transform)
 
@@ -93,14 +96,20 @@ class MpiiTopDown(Dataset):
 
     Every json entry becomes one sample, in file order, so `meta["index"]` is the position of the person
     in `valid.json` and in `gt_valid.mat`; `image_id` numbers the distinct images (`image_names[id]`).
+    `primary_metric` and `evaluate` are the per-dataset metric hook (PCKh, nas.metrics.pckh).
     """
+
+    primary_metric = "PCKh"
 
     def __init__(self, root: str | Path, split: str, input_size: tuple[int, int] = (256, 256),
                  heatmap_size: tuple[int, int] = (64, 64), sigma: float = 2.0, train: bool = False,
                  scale_factor: float = 0.25, rot_factor: float = 30.0, rot_prob: float = 0.6,
                  flip_prob: float = 0.5, padding: float = 1.25, one_based: bool = True,
+                 half_body_prob: float = 0.0, num_joints_half_body: int = 8,
                  max_samples: int | None = None) -> None:
         root = Path(root)
+        self.root, self.split = root, split
+        self.head_size_source: str | None = None  # set by evaluate(): official head boxes or fallback
         self.ann_file = root / "annot" / f"{split}.json"
         self.image_dir = root / "images"
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -108,6 +117,8 @@ class MpiiTopDown(Dataset):
         self.sigma, self.train, self.padding = float(sigma), bool(train), float(padding)
         self.scale_factor, self.rot_factor = float(scale_factor), float(rot_factor)
         self.rot_prob, self.flip_prob = float(rot_prob), float(flip_prob)
+        self.half_body_prob, self.num_joints_half_body = float(half_body_prob), int(num_joints_half_body)
+        self.upper_body = MPII_UPPER_BODY
         self.one_based = bool(one_based)
         self.num_keypoints = NUM_MPII_JOINTS
         self.flip_pairs = MPII_FLIP_PAIRS
@@ -134,9 +145,55 @@ class MpiiTopDown(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def evaluate(self, results: list[dict], out_dir: Path | None = None) -> dict[str, float]:
+        """PCKh table of COCO-format `results` (one per sample, matched by their `index`), as floats.
+
+        "PCKh" is Mean@0.5. Only this dataset's samples count (the first `max_samples` people); a sample
+        without a prediction counts as missed. The head-size source goes to `self.head_size_source`
+        and the log. With `out_dir`, the results are written to `out_dir/predictions.json`.
+        """
+        from nas.metrics.pckh import load_mpii_gt, pckh_table
+        if out_dir is not None:
+            out_dir = Path(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "predictions.json").write_text(json.dumps(results))
+        preds = self._predictions_by_index(results)  # (N, 16, 2), NaN where no prediction
+        gt = load_mpii_gt(self.root, self.split, self.one_based)
+        n = len(self.samples)
+        if gt.joints.shape[0] < n:
+            raise ValueError(f"the PCKh ground truth of {self.split!r} has {gt.joints.shape[0]} people, "
+                             f"fewer than the {n} of {self.ann_file}")
+        table = pckh_table(preds, gt.joints[:n], gt.visible[:n], gt.head_sizes[:n])
+        if self.head_size_source != gt.source:  # logged once, not at every evaluation
+            logging.getLogger("posenas").info("PCKh head sizes: %s", gt.source)
+        self.head_size_source = gt.source
+        scores = {"PCKh": table["Mean"], **table}
+        scores["people_without_head_size"] = float(np.isnan(gt.head_sizes[:n]).sum())
+        return scores
+
+    def _predictions_by_index(self, results: list[dict]) -> np.ndarray:
+        """(N, 16, 2) joints of the best-scoring result of each sample; NaN rows for samples without one."""
+        preds = np.full((len(self.samples), self.num_keypoints, 2), np.nan)
+        best = np.full(len(self.samples), -np.inf)
+        for result in results:
+            if "index" not in result:
+                raise ValueError("MPII evaluation needs each result's sample `index` (from meta['index'])")
+            i = int(result["index"])
+            if not 0 <= i < len(self.samples):
+                raise ValueError(f"result index {i} is outside the {len(self.samples)} samples of "
+                                 f"{self.ann_file}")
+            if float(result.get("score", 0.0)) > best[i]:
+                best[i] = float(result.get("score", 0.0))
+                preds[i] = np.asarray(result["keypoints"], np.float64).reshape(-1, 3)[:, :2]
+        return preds
+
     def __getitem__(self, index: int) -> dict:
-        record = self.samples[index]
-        image = read_rgb(record.image_path)  # (H0, W0, 3) uint8 RGB
+        if self.train:  # a missing/unreadable image is skipped for the next sample (nas.data.bad_images)
+            index, image, skipped = read_or_next(index, len(self.samples),
+                                                 lambda i: self.samples[i].image_path, read_rgb)
+        else:  # evaluation: an unreadable image is an error naming the file
+            image, skipped = read_rgb(self.samples[index].image_path), ""
+        record = self.samples[index]  # image: (H0, W0, 3) uint8 RGB
         keypoints = record.keypoints.copy()  # (16, 3) [x, y, v] 0-based image pixels
         center, scale, rot = record.center.copy(), record.scale.copy(), 0.0
         if self.train:
@@ -149,12 +206,15 @@ class MpiiTopDown(Dataset):
                                                   self.sigma)
         meta = {"image_id": record.image_id, "center": center.astype(np.float32),
                 "scale": scale.astype(np.float32), "score": float(record.score), "index": int(index)}
+        if self.train:
+            meta["skipped"] = skipped
         return {"image": _normalise(crop), "target": torch.from_numpy(target),
                 "target_weight": torch.from_numpy(target_weight), "meta": meta}
 
     def _augment(self, image: np.ndarray, keypoints: np.ndarray, center: np.ndarray,
                  scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-        """Random scale, rotation and horizontal flip (MPII pairs), drawn from torch's RNG."""
+        """Half-body crop, random scale, rotation and horizontal flip (MPII pairs), from torch's RNG."""
+        center, scale = self._half_body(keypoints, center, scale)
         sf, rf = self.scale_factor, self.rot_factor
         scale = scale * float(np.clip(1.0 + torch.randn(()).item() * sf, 1.0 - sf, 1.0 + sf))
         rot = float(np.clip(torch.randn(()).item() * rf, -2.0 * rf, 2.0 * rf))
@@ -166,3 +226,16 @@ class MpiiTopDown(Dataset):
             keypoints = flip_keypoints(keypoints, width, self.flip_pairs)
             center = np.array([width - 1 - center[0], center[1]], dtype=np.float32)
         return image, keypoints, center, scale, rot
+
+    def _half_body(self, keypoints: np.ndarray, center: np.ndarray,
+                   scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """With probability half_body_prob and more than num_joints_half_body labelled joints, the crop of
+        a random half of the body (nas.data.half_body); RNG draws only when the probability is > 0."""
+        if self.half_body_prob <= 0 or int((keypoints[:, 2] > 0).sum()) <= self.num_joints_half_body:
+            return center, scale
+        if torch.rand(()).item() >= self.half_body_prob:
+            return center, scale
+        prefer_upper = torch.rand(()).item() < 0.5
+        crop = half_body_crop(keypoints, self.upper_body, self.input_size[1] / self.input_size[0],
+                              prefer_upper)
+        return (center, scale) if crop is None else crop

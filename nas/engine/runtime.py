@@ -75,7 +75,11 @@ class MetricsLog:
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int,
                 drop_last: bool = False) -> DataLoader:
     if len(dataset) == 0:
-        raise UserError("a dataset split is empty after filtering; check data.root and the annotations")
+        source = getattr(dataset, "ann_file", None) \
+            or getattr(getattr(dataset, "dataset", None), "ann_file", None)  # a Subset's dataset
+        where = f" ({source})" if source else ""
+        raise UserError(f"a dataset split is empty after filtering{where}: expected at least one usable "
+                        "person annotation; check data.root, the split names and data.max_train/max_val")
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       drop_last=drop_last and len(dataset) >= batch_size,
                       persistent_workers=False, pin_memory=False)

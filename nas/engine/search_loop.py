@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from nas.data.bad_images import BadImageMonitor
 from nas.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nas.engine.runtime import MetricsLog, format_eta, forever, log, to_device
 from nas.genotype import Genotype
@@ -20,7 +21,8 @@ from nas.genotype import Genotype
 
 def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_loader, epochs: int,
                device: torch.device, run_dir: Path, resume_from: Path | None,
-               max_steps_per_epoch: int | None = None) -> Genotype:
+               max_steps_per_epoch: int | None = None,
+               bad_images: BadImageMonitor | None = None) -> Genotype:
     start = 0
     if resume_from is not None:
         state = load_checkpoint(resume_from)
@@ -34,10 +36,12 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
     started = time.time()
     for epoch in range(start, epochs):
         t0 = time.time()
-        summary = _epoch(strategy, train_loader, arch_loader, steps, device, epoch, epochs)
+        summary = _epoch(strategy, train_loader, arch_loader, steps, device, epoch, epochs, bad_images)
         genotype = strategy.result()
         record = {"epoch": epoch, **summary, **strategy.end_epoch(), "epoch_s": round(time.time() - t0, 2),
                   "genotype": genotype.genotype}
+        if bad_images is not None and bad_images.report():
+            record["skipped_images"] = dict(bad_images.paths)
         metrics.write(record)
         log.info("epoch %d/%d  loss %.6f  arch_loss %s  (%.0fs, ETA %s)", epoch + 1, epochs, summary["loss"],
                  f"{summary['arch_loss']:.6f}" if "arch_loss" in summary else "-", record["epoch_s"],
@@ -48,14 +52,20 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
 
 
 def _epoch(strategy: Any, train_loader, arch_loader, steps: int, device: torch.device,
-           epoch: int, epochs: int) -> dict[str, float]:
+           epoch: int, epochs: int, bad_images: BadImageMonitor | None = None) -> dict[str, float]:
     totals: dict[str, float] = {}
     counts: dict[str, int] = {}
     arch_iter = forever(arch_loader)
+    if bad_images is not None:
+        bad_images.start_epoch()
     bar = tqdm(zip(range(steps), train_loader), total=steps, desc=f"search {epoch + 1}/{epochs}",
                disable=None, leave=False, dynamic_ncols=True)
     for _, batch in bar:
-        out = strategy.step(to_device(batch, device), to_device(next(arch_iter), device))
+        arch_batch = next(arch_iter)
+        if bad_images is not None:  # skipped unreadable images; UserError past data.max_bad_fraction
+            bad_images.update(batch.get("meta", {}))
+            bad_images.update(arch_batch.get("meta", {}))
+        out = strategy.step(to_device(batch, device), to_device(arch_batch, device))
         for key, value in out.items():
             totals[key] = totals.get(key, 0.0) + value
             counts[key] = counts.get(key, 0) + 1

@@ -1,7 +1,8 @@
 """Retraining a standalone network: train, evaluate with flip test, keep the best checkpoint.
 
 `last.pt` (everything a resume needs) is written after every epoch; `best.pt` holds the weights
-with the best validation AP so far. Both are written atomically.
+with the best validation score so far, by `primary_metric` (the dataset's: "AP" for COCO-style data,
+"PCKh" for MPII). Both are written atomically.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from nas.data.bad_images import BadImageMonitor
 from nas.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nas.engine.guards import check_finite
 from nas.engine.runtime import MetricsLog, format_eta, log, to_device
@@ -23,13 +25,16 @@ Evaluate = Callable[[nn.Module], dict[str, float]]
 class Trainer:
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                  epochs: int, steps_per_epoch: int, device: torch.device, lr_min: float = 0.0,
-                 grad_clip: float | None = None, best_extra: dict[str, Any] | None = None):
+                 grad_clip: float | None = None, best_extra: dict[str, Any] | None = None,
+                 primary_metric: str = "AP", bad_images: BadImageMonitor | None = None):
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
         self.best_extra = dict(best_extra or {})  # stored in best.pt, e.g. the genotype
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, max(1, epochs * steps_per_epoch), lr_min)
         self.epochs, self.device, self.grad_clip = epochs, device, grad_clip
-        self.step_count, self.epoch, self.best = 0, 0, {"AP": -1.0, "epoch": -1}
+        self.bad_images = bad_images  # counts the skipped unreadable training images of each epoch
+        self.primary = primary_metric  # the key of the evaluation scores that picks best.pt
+        self.step_count, self.epoch, self.best = 0, 0, {primary_metric: -1.0, "epoch": -1}
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -46,9 +51,13 @@ class Trainer:
     def train_epoch(self, loader) -> float:
         self.model.train()
         total, n = 0.0, 0
+        if self.bad_images is not None:
+            self.bad_images.start_epoch()
         bar = tqdm(loader, desc=f"train {self.epoch + 1}/{self.epochs}", disable=None, leave=False,
                    dynamic_ncols=True)
         for batch in bar:
+            if self.bad_images is not None:
+                self.bad_images.update(batch.get("meta", {}))  # UserError past data.max_bad_fraction
             batch = to_device(batch, self.device)
             loss = self.criterion(self.model(batch["image"]), batch["target"], batch["target_weight"])
             value = check_finite(loss, "training loss", self.step_count)
@@ -74,13 +83,16 @@ class Trainer:
             t0 = time.time()
             record: dict[str, Any] = {"epoch": self.epoch, "loss": self.train_epoch(loader),
                                       "lr": self.optimizer.param_groups[0]["lr"]}
+            if self.bad_images is not None and self.bad_images.report():
+                record["skipped_images"] = dict(self.bad_images.paths)
             last = self.epoch == self.epochs - 1
             if last or (eval_every > 0 and (self.epoch + 1) % eval_every == 0):
                 record.update(self._evaluate(evaluate, run_dir))
             record["epoch_s"] = round(time.time() - t0, 2)
             metrics.write(record)
             log.info("epoch %d/%d  loss %.6f%s  (%.0fs, ETA %s)", self.epoch + 1, self.epochs, record["loss"],
-                     f"  AP {record['AP']:.4f}" if "AP" in record else "", record["epoch_s"],
+                     f"  {self.primary} {record[self.primary]:.4f}" if self.primary in record else "",
+                     record["epoch_s"],
                      format_eta(time.time() - started, self.epoch + 1 - first, self.epochs - first))
             save_checkpoint(run_dir / "last.pt", self.state_dict())
             self.epoch += 1
@@ -88,7 +100,9 @@ class Trainer:
 
     def _evaluate(self, evaluate: Evaluate, run_dir: Path) -> dict[str, float]:
         scores = evaluate(self.model)
-        if scores["AP"] > self.best["AP"]:
+        if self.primary not in scores:
+            raise KeyError(f"evaluation returned no {self.primary!r} (got {', '.join(scores)})")
+        if scores[self.primary] > self.best.get(self.primary, -1.0):
             self.best = {**scores, "epoch": self.epoch}
             save_checkpoint(run_dir / "best.pt", {**self.best_extra, "model": self.model.state_dict(),
                                                   "epoch": self.epoch, "scores": dict(scores)})

@@ -34,6 +34,7 @@ def results_from_predictions(preds: np.ndarray, maxvals: np.ndarray,
                              meta: Mapping[str, Any]) -> list[dict]:
     """COCO keypoint result entries from image preds (N, K, 2) and maxvals (N, K, 1).
 
+    With `meta["index"]`, each entry also gets `index`, the dataset sample it comes from.
     With `meta["scale"]`, each entry also gets `area`: the crop's w * h in pixels, i.e. the box grown
     to the input's aspect ratio and padded (HRNet's `scale[0] * scale[1] * 200**2`), which OKS-NMS uses.
     """
@@ -45,6 +46,9 @@ def results_from_predictions(preds: np.ndarray, maxvals: np.ndarray,
     results = [{"image_id": int(image_ids[i]), "category_id": 1,
                 "keypoints": [float(v) for v in flat[i]], "score": float(scores[i])}
                for i in range(len(preds))]
+    if "index" in meta:  # the dataset sample of each entry (MPII aligns predictions with people by it)
+        for result, index in zip(results, _numpy(meta["index"]).reshape(-1)):
+            result["index"] = int(index)
     if "scale" in meta:
         scales = _numpy(meta["scale"]).reshape(-1, 2).astype(np.float64)
         for result, (w, h) in zip(results, scales):
