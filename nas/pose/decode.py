@@ -1,12 +1,21 @@
 """Heatmaps -> keypoint coordinates in the original image.
 
-The inverse of the encoding in `nas.data.transforms`: argmax, a quarter-pixel step towards the higher
-neighbour, then the inverse of the crop affine taken at the heatmap resolution. A keypoint that lies on
-a heatmap pixel centre decodes back to exactly where it was.
+The inverse of the encoding in `nas.data.transforms`: argmax, a sub-pixel refinement, then the inverse of
+the crop affine taken at the heatmap resolution. Two refinements (`decode_heatmaps(method=...)`):
+
+- "quarter" (default, HRNet): a quarter-pixel step towards the higher neighbour, per axis. A keypoint on a
+  heatmap pixel centre decodes back exactly; elsewhere the error is up to a quarter pixel.
+- "dark" (DARK, Zhang et al. CVPR 2020): smooth the heatmap with a Gaussian of the training sigma, take
+  its log and move the argmax by one Newton step, `-H^-1 g`, with the gradient and Hessian of the
+  log-heatmap there. The log of a Gaussian is a quadratic, which the step solves exactly, so a Gaussian
+  target at any sub-pixel position decodes back to it (up to the cut tails of the target and kernel).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
+
+DECODE_METHODS: tuple[str, ...] = ("quarter", "dark")
 
 from nas.data.transforms import affine_points, get_affine_transform
 
@@ -42,6 +51,65 @@ def refine_quarter_offset(heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarra
     return coords
 
 
+def smooth_heatmaps(heatmaps: np.ndarray, sigma: float) -> np.ndarray:
+    """Each (h, w) map blurred by a Gaussian of std `sigma` (kernel cut at 3 sigma), as DARK does.
+
+    Borders are mirrored without repeating the edge pixel (cv2's default), so a peak near the edge is
+    not pulled inward by zero padding.
+    """
+    n, k, h, w = heatmaps.shape
+    size = 2 * int(np.ceil(3.0 * sigma)) + 1
+    flat = np.ascontiguousarray(heatmaps.reshape(n * k, h, w), dtype=np.float32)
+    out = np.empty_like(flat)
+    for i, hm in enumerate(flat):
+        out[i] = cv2.GaussianBlur(hm, (size, size), sigmaX=float(sigma), sigmaY=float(sigma))
+    return out.reshape(n, k, h, w)
+
+
+def refine_dark(heatmaps: np.ndarray, coords: np.ndarray, sigma: float = 2.0,
+                max_step: float = 1.0) -> np.ndarray:
+    """DARK's sub-pixel refinement of argmax `coords` (N, K, 2) [x, y] heatmap pixels.
+
+    At the argmax of the smoothed log-heatmap L, with central differences
+    g = (Lx, Ly), H = [[Lxx, Lxy], [Lxy, Lyy]], the peak of the quadratic through it is at `-H^-1 g`.
+    A joint keeps the quarter-offset estimate where the step is not defined: its argmax on the border
+    row/column, an empty map, a Hessian that is not negative definite (no maximum there), or a step
+    longer than `max_step` pixels per axis (the argmax of a peaked map is within half a pixel of it).
+    """
+    heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    n, k, h, w = heatmaps.shape
+    fallback = refine_quarter_offset(heatmaps, coords)
+    if h < 3 or w < 3:
+        return fallback
+    log = np.log(np.maximum(smooth_heatmaps(heatmaps, sigma), 1e-10)).astype(np.float64)
+    px = coords[..., 0].astype(int)
+    py = coords[..., 1].astype(int)
+    inside = (px > 0) & (px < w - 1) & (py > 0) & (py < h - 1)
+    px, py = np.clip(px, 1, w - 2), np.clip(py, 1, h - 2)
+    ni, ki = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
+
+    def at(dx: int, dy: int) -> np.ndarray:
+        return log[ni, ki, py + dy, px + dx]
+
+    centre = at(0, 0)
+    gx = 0.5 * (at(1, 0) - at(-1, 0))
+    gy = 0.5 * (at(0, 1) - at(0, -1))
+    hxx = at(1, 0) - 2.0 * centre + at(-1, 0)
+    hyy = at(0, 1) - 2.0 * centre + at(0, -1)
+    hxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+    det = hxx * hyy - hxy * hxy
+    maximum = (det > 1e-12) & (hxx < 0)
+    safe = np.where(maximum, det, 1.0)
+    step_x = -(hyy * gx - hxy * gy) / safe  # -H^-1 g, with H^-1 = [[hyy, -hxy], [-hxy, hxx]] / det
+    step_y = -(hxx * gy - hxy * gx) / safe
+    found = heatmaps[ni, ki, py, px] > 0
+    ok = inside & maximum & found & (np.abs(step_x) <= max_step) & (np.abs(step_y) <= max_step)
+    refined = fallback.copy()
+    refined[..., 0] = np.where(ok, coords[..., 0] + step_x, fallback[..., 0])
+    refined[..., 1] = np.where(ok, coords[..., 1] + step_y, fallback[..., 1])
+    return refined
+
+
 def heatmap_to_image(coords: np.ndarray, center: np.ndarray, scale: np.ndarray,
                      heatmap_size: tuple[int, int]) -> np.ndarray:
     """Heatmap-pixel (K, 2) coords of one crop -> image coords (the crop's unrotated inverse affine)."""
@@ -49,16 +117,23 @@ def heatmap_to_image(coords: np.ndarray, center: np.ndarray, scale: np.ndarray,
     return affine_points(coords, inv)
 
 
-def decode_heatmaps(heatmaps: np.ndarray, centers: np.ndarray,
-                    scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def decode_heatmaps(heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarray,
+                    method: str = "quarter", sigma: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps (N, K, h, w) of crops given by centers/scales (N, 2) -> image preds (N, K, 2), maxvals.
 
-    Test crops are never rotated, so the inverse affine has no rotation.
+    `method` is the sub-pixel refinement, "quarter" or "dark" (module doc); `sigma` is DARK's smoothing,
+    the heatmap sigma the network was trained with (the data config's `sigma`). Maxvals are those of
+    the raw heatmaps either way. Test crops are never rotated, so the inverse affine has no rotation.
     """
+    if method not in DECODE_METHODS:
+        raise ValueError(f"decode method must be one of {', '.join(DECODE_METHODS)}, got {method!r}")
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
     centers, scales = np.asarray(centers, np.float64), np.asarray(scales, np.float64)
     coords, maxvals = get_max_preds(heatmaps)
-    coords = refine_quarter_offset(heatmaps, coords)
+    if method == "dark":
+        coords = refine_dark(heatmaps, coords, sigma)
+    else:
+        coords = refine_quarter_offset(heatmaps, coords)
     size = heatmaps.shape[2:]
     preds = np.zeros(coords.shape, dtype=np.float64)  # (N, K, 2)
     for i, crop_coords in enumerate(coords):
