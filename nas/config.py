@@ -46,6 +46,7 @@ class RetrainConfig(RunConfig):
     grad_clip: Optional[float] = None
     eval_every: int = 5
     flip_test: bool = True
+    decode: str = "quarter"
     eval_batch_size: int = 64
     criterion: Any = None
 
@@ -58,6 +59,7 @@ class EvaluateConfig:
     num_workers: int = 1
     threads: Optional[int] = None
     flip_test: bool = True
+    decode: str = "quarter"
     eval_batch_size: int = 64
     out_dir: Optional[str] = None
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from nas.cli import positional_to_override, user_errors
 from nas.config import register
 from nas.engine.checkpoint import load_checkpoint
-from nas.engine.runtime import configure_threads, make_loader, pick_device
+from nas.engine.runtime import check_decoder, configure_threads, make_loader, pick_device
 from nas.errors import UserError
 from nas.genotype import Genotype
 from nas.pose.predict import predict_coco
@@ -34,6 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     path = Path(cfg.checkpoint)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (pass a retrain run's best.pt)")
+    check_decoder(cfg.decode)
     state = load_checkpoint(path)
     if "genotype" not in state:
         raise UserError(f"{path} holds no genotype; pass the best.pt written by python -m nas.retrain")
@@ -46,7 +47,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     loader = make_loader(data.val, cfg.eval_batch_size, False, cfg.num_workers)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else path.parent
     preds = predict_coco(model.to(device), loader, device, data.flip_pairs, flip=cfg.flip_test,
-                         nms=data.nms, nms_threshold=data.nms_threshold)
+                         nms=data.nms, nms_threshold=data.nms_threshold,
+                         decode=cfg.decode, sigma=data.val.sigma)
     scores = data.val.evaluate(preds)  # the dataset's own metric: AP for COCO-style data, PCKh for MPII
     out_dir.mkdir(parents=True, exist_ok=True)  # eval_*: retrain's predictions.json there is left alone
     atomic_write_text(out_dir / "eval_predictions.json", json.dumps(preds) + "\n")

@@ -21,7 +21,7 @@ from nas.cli import positional_to_override, user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
 from nas.engine.checkpoint import load_checkpoint
-from nas.engine.runtime import (configure_threads, log, make_loader, pick_device, prepare_run_dir,
+from nas.engine.runtime import (check_decoder, configure_threads, log, make_loader, pick_device, prepare_run_dir,
                                 save_config, seed_everything)
 from nas.engine.train_loop import Trainer
 from nas.errors import UserError
@@ -35,6 +35,7 @@ register()
 
 def retrain(cfg: DictConfig) -> dict:
     genotype = load(cfg.genotype)
+    check_decoder(cfg.decode)
     space_args = {**genotype.space_args, **OmegaConf.to_container(cfg.space_args)}
     space = resolve(genotype, space_args)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -63,7 +64,8 @@ def retrain(cfg: DictConfig) -> dict:
 
     def evaluate(net):
         preds = predict_coco(net, val_loader, device, data.flip_pairs, flip=cfg.flip_test,
-                             nms=data.nms, nms_threshold=data.nms_threshold)
+                             nms=data.nms, nms_threshold=data.nms_threshold,
+                             decode=cfg.decode, sigma=data.val.sigma)
         return data.val.evaluate(preds, out_dir=run_dir)
 
     best = trainer.fit(train_loader, evaluate, cfg.eval_every, run_dir, resume_from)

@@ -107,6 +107,14 @@ def test_retrain_writes_results_with_coco_metrics(cache, searched, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     scores = json.loads((tmp_path / "r" / "eval_metrics.json").read_text())
     assert abs(scores["AP"] - results["AP"]) < 1e-9 and abs(scores["AR"] - results["AR"]) < 1e-9
+    dark = _run(cache, "nas.evaluate", str(tmp_path / "r" / "best.pt"), *TINY_DATA[:4], "num_workers=0",
+                "decode=dark", f"out_dir={tmp_path / 'dark'}")
+    assert dark.returncode == 0, dark.stderr[-3000:]
+    dark_preds = json.loads((tmp_path / "dark" / "eval_predictions.json").read_text())
+    plain_preds = json.loads((tmp_path / "r" / "eval_predictions.json").read_text())
+    assert len(dark_preds) == len(plain_preds)  # DARK's own accuracy is tested in test_dark.py
+    bad = _run(cache, "nas.evaluate", str(tmp_path / "r" / "best.pt"), "decode=nearest")
+    assert bad.returncode == 2 and "decode='nearest'" in bad.stderr
 
 
 @pytest.mark.parametrize("content, message", [

@@ -56,3 +56,15 @@ def test_dark_falls_back_on_the_border_and_keeps_maxvals():
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="dark"):
         decode(gaussian(3.0, 3.0, 1.0), "argmax")
+
+
+def test_prediction_path_passes_the_decoder_through():
+    """results_from_heatmaps (what retrain/evaluate use) decodes with DARK when asked."""
+    from nas.pose.predict import results_from_heatmaps
+    heatmaps = gaussian(10.3, 7.6, 2.0)[None, None]  # (1, 1, h, w), peak at a known sub-pixel spot
+    meta = {"image_id": [1], "center": [[W / 2 - 0.5, H / 2 - 0.5]], "scale": [[W, H]], "score": [1.0],
+            "index": [0]}
+    quarter = results_from_heatmaps(heatmaps, meta)[0]["keypoints"][:2]
+    dark = results_from_heatmaps(heatmaps, meta, decode="dark", sigma=2.0)[0]["keypoints"][:2]
+    assert quarter == pytest.approx([10.25, 7.75])
+    assert dark == pytest.approx([10.3, 7.6], abs=0.05)

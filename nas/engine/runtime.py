@@ -20,6 +20,14 @@ from nas.utils.io import atomic_write_text
 log = logging.getLogger("posenas")
 
 
+def check_decoder(name: str) -> str:
+    """Fail before any work on an unknown heatmap decoder (`decode=`)."""
+    from nas.pose.decode import DECODE_METHODS
+    if name not in DECODE_METHODS:
+        raise UserError(f"decode={name!r} is not a decoder; use one of {', '.join(DECODE_METHODS)}")
+    return name
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

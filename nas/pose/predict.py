@@ -56,24 +56,28 @@ def results_from_predictions(preds: np.ndarray, maxvals: np.ndarray,
     return results
 
 
-def results_from_heatmaps(heatmaps: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) -> list[dict]:
+def results_from_heatmaps(heatmaps: np.ndarray | torch.Tensor, meta: Mapping[str, Any],
+                          decode: str = "quarter", sigma: float = 2.0) -> list[dict]:
     """Decode heatmaps (N, K, h, w) of the crops described by `meta` into COCO result entries.
 
     `meta` is the dataset's meta dict, collated (tensors) or not: image_id, center, scale, score.
+    `decode` is the sub-pixel refinement ("quarter" or "dark"); `sigma` the targets' Gaussian, for DARK.
     """
     centers = _numpy(meta["center"]).reshape(-1, 2)
     scales = _numpy(meta["scale"]).reshape(-1, 2)
-    preds, maxvals = decode_heatmaps(_numpy(heatmaps), centers, scales)
+    preds, maxvals = decode_heatmaps(_numpy(heatmaps), centers, scales, method=decode, sigma=sigma)
     return results_from_predictions(preds, maxvals, meta)
 
 
 def predict_coco(model: nn.Module, loader: Iterable[dict], device: torch.device | str,
                  flip_pairs: Sequence[tuple[int, int]], flip: bool = True, nms: str | None = None,
-                 nms_threshold: float = 0.9, sigmas: Sequence[float] | None = None) -> list[dict]:
+                 nms_threshold: float = 0.9, sigmas: Sequence[float] | None = None,
+                 decode: str = "quarter", sigma: float = 2.0) -> list[dict]:
     """COCO keypoint results of `model` on every batch of `loader` (eval mode, no gradients).
 
     `nms` ("oks", "soft_oks" or None) applies OKS-NMS within each image, comparing only joints above
     KEYPOINT_SCORE_THRESHOLD as HRNet does; `sigmas` are its per-joint OKS constants (default COCO's).
+    `decode`/`sigma` choose the heatmap decoder (see `results_from_heatmaps`).
     The model's previous train/eval mode is restored afterwards.
     """
     was_training = model.training
@@ -83,7 +87,7 @@ def predict_coco(model: nn.Module, loader: Iterable[dict], device: torch.device 
         for batch in loader:
             images = batch["image"].to(device)  # (B, 3, H, W)
             heatmaps = flip_test(model, images, flip_pairs) if flip else model(images)
-            results += results_from_heatmaps(heatmaps.float(), batch["meta"])
+            results += results_from_heatmaps(heatmaps.float(), batch["meta"], decode, sigma)
     model.train(was_training)
     if nms is None:
         return results
