@@ -8,7 +8,7 @@ from typing import Iterator
 from hydra.errors import InstantiationException
 from omegaconf.errors import MissingMandatoryValue
 
-from nas.data.coco import UnreadableImageError
+from nas.data.topdown import UnreadableImageError
 from nas.engine.guards import NonFiniteLossError
 from nas.errors import UserError
 from nas.genotype import GenotypeError

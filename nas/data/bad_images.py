@@ -27,7 +27,7 @@ def read_or_next(index: int, count: int, path_of: Callable[[int], Any],
 
     Raises UserError when none of the `count` samples' images can be read.
     """
-    from nas.data.coco import UnreadableImageError
+    from nas.data.topdown import UnreadableImageError
     skipped: list[str] = []
     for step in range(count):
         current = (index + step) % count

@@ -9,57 +9,28 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 from pycocotools.coco import COCO
-from torch.utils.data import Dataset
 
-from nas.data.bad_images import read_or_next
-from nas.data.half_body import COCO_UPPER_BODY, half_body_crop
+from nas.data.half_body import COCO_UPPER_BODY
 from nas.data.keypoints import COCO_FLIP_PAIRS, COCO_SIGMAS, NUM_COCO_KEYPOINTS
-from nas.data.transforms import (affine_points, box_to_center_scale, flip_keypoints,
-                                 generate_heatmaps, get_affine_transform)
+from nas.data.transforms import box_to_center_scale
+# re-exported: other modules import these names from here
+from nas.data.topdown import (IMAGENET_MEAN, IMAGENET_STD, InstanceRecord,  # noqa: F401
+                              TopDownDataset, UnreadableImageError, read_rgb)
 from nas.errors import UserError
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 DEFAULT_BBOX_FILE = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
 DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
 
-
-class UnreadableImageError(OSError):
-    """An image file that is missing or that OpenCV cannot decode."""
-
-
-@dataclass
-class InstanceRecord:
-    """One person instance: where its image is and the crop that frames it."""
-    image_id: int
-    ann_id: int
-    image_path: Path
-    box: np.ndarray        # (4,) clipped [x, y, w, h]
-    center: np.ndarray     # (2,) float32 pixels
-    scale: np.ndarray      # (2,) float32 crop (w, h) in pixels
-    keypoints: np.ndarray  # (K, 3) float32 [x, y, v] image pixels
-    score: float = 1.0     # box confidence (1 for ground-truth boxes)
 
 
 def load_coco(ann_file: str | Path) -> COCO:
     """A pycocotools COCO index of `ann_file`, without its progress printing."""
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(ann_file))
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB image; UnreadableImageError naming the file if it cannot be read."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise UnreadableImageError(f"cannot read image {path} (missing, empty or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def clip_box(box_xywh: list[float], width: int, height: int) -> np.ndarray | None:
@@ -103,7 +74,7 @@ def _find_image_dir(root: Path, split: str) -> Path:
         f"no image folder for split {split!r}: expected {candidates[0]} or {candidates[1]}")
 
 
-class CocoTopDown(Dataset):
+class CocoTopDown(TopDownDataset):
     """Person instances of a COCO keypoint file, each as a normalised crop with its heatmap targets.
 
     `primary_metric` and `evaluate` are the per-dataset metric hook that retrain/evaluate use.
@@ -220,62 +191,3 @@ class CocoTopDown(Dataset):
         except ValueError as err:  # predictions for images this split does not have
             raise UserError(f"{err} ({self.ann_file}); evaluate on the split the predictions are of") \
                 from err
-
-    def __getitem__(self, index: int) -> dict:
-        if self.train:  # a missing/unreadable image is skipped for the next sample (nas.data.bad_images)
-            index, image, skipped = read_or_next(index, len(self.samples),
-                                                 lambda i: self.samples[i].image_path, read_rgb)
-        else:  # evaluation: an unreadable image is an error naming the file
-            image, skipped = read_rgb(self.samples[index].image_path), ""
-        record = self.samples[index]  # image: (H0, W0, 3) uint8 RGB
-        keypoints = record.keypoints.copy()
-        center, scale, rot = record.center.copy(), record.scale.copy(), 0.0
-        if self.train:
-            image, keypoints, center, scale, rot = self._augment(image, keypoints, center, scale)
-        mat = get_affine_transform(center, scale, rot, self.input_size)
-        height, width = self.input_size
-        crop = cv2.warpAffine(image, mat, (width, height), flags=cv2.INTER_LINEAR)
-        keypoints[:, :2] = affine_points(keypoints[:, :2], mat)
-        target, target_weight = generate_heatmaps(keypoints, self.input_size, self.heatmap_size,
-                                                  self.sigma)
-        meta = {"image_id": record.image_id, "center": center.astype(np.float32),
-                "scale": scale.astype(np.float32), "score": float(record.score), "index": int(index)}
-        if self.train:
-            meta["skipped"] = skipped
-        return {"image": _normalise(crop), "target": torch.from_numpy(target),
-                "target_weight": torch.from_numpy(target_weight), "meta": meta}
-
-    def _augment(self, image: np.ndarray, keypoints: np.ndarray, center: np.ndarray,
-                 scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-        """Half-body crop, random scale, rotation and flip, from torch's RNG (seedable per worker)."""
-        center, scale = self._half_body(keypoints, center, scale)
-        sf, rf = self.scale_factor, self.rot_factor
-        scale = scale * float(np.clip(1.0 + torch.randn(()).item() * sf, 1.0 - sf, 1.0 + sf))
-        rot = float(np.clip(torch.randn(()).item() * rf, -2.0 * rf, 2.0 * rf))
-        if torch.rand(()).item() >= self.rot_prob:
-            rot = 0.0
-        if torch.rand(()).item() < self.flip_prob:
-            width = image.shape[1]
-            image = np.ascontiguousarray(image[:, ::-1])
-            keypoints = flip_keypoints(keypoints, width, self.flip_pairs)
-            center = np.array([width - 1 - center[0], center[1]], dtype=np.float32)
-        return image, keypoints, center, scale, rot
-
-    def _half_body(self, keypoints: np.ndarray, center: np.ndarray,
-                   scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """With probability half_body_prob and more than num_joints_half_body labelled joints, the crop of
-        a random half of the body (nas.data.half_body); RNG draws only when the probability is > 0."""
-        if self.half_body_prob <= 0 or int((keypoints[:, 2] > 0).sum()) <= self.num_joints_half_body:
-            return center, scale
-        if torch.rand(()).item() >= self.half_body_prob:
-            return center, scale
-        prefer_upper = torch.rand(()).item() < 0.5
-        crop = half_body_crop(keypoints, self.upper_body, self.input_size[1] / self.input_size[0],
-                              prefer_upper)
-        return (center, scale) if crop is None else crop
-
-
-def _normalise(crop: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32, normalised by the ImageNet mean and std."""
-    image = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

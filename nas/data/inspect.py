@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from nas.data.coco import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError
+from nas.data.topdown import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError
 from nas.data.keypoints import COCO_SKELETON, NUM_COCO_KEYPOINTS
 from nas.engine.runtime import configure_threads
 from nas.errors import UserError

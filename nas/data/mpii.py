@@ -23,16 +23,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from nas.data.bad_images import read_or_next
-from nas.data.coco import InstanceRecord, _normalise, read_rgb
-from nas.data.half_body import MPII_UPPER_BODY, half_body_crop
-from nas.data.transforms import (affine_points, box_to_center_scale, flip_keypoints,
-                                 generate_heatmaps, get_affine_transform)
+from nas.data.topdown import InstanceRecord, TopDownDataset
+from nas.data.half_body import MPII_UPPER_BODY
+from nas.data.transforms import box_to_center_scale
 
 MPII_JOINTS: tuple[str, ...] = (
     "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
@@ -91,7 +86,7 @@ def mpii_center_scale(center: np.ndarray, scale_200: float, aspect_ratio: float,
     return box_to_center_scale(box, aspect_ratio, padding)
 
 
-class MpiiTopDown(Dataset):
+class MpiiTopDown(TopDownDataset):
     """The people of an MPII split, each as a normalised crop with heatmap targets (CocoTopDown's contract).
 
     Every json entry becomes one sample, in file order, so `meta["index"]` is the position of the person
@@ -187,55 +182,3 @@ class MpiiTopDown(Dataset):
                 preds[i] = np.asarray(result["keypoints"], np.float64).reshape(-1, 3)[:, :2]
         return preds
 
-    def __getitem__(self, index: int) -> dict:
-        if self.train:  # a missing/unreadable image is skipped for the next sample (nas.data.bad_images)
-            index, image, skipped = read_or_next(index, len(self.samples),
-                                                 lambda i: self.samples[i].image_path, read_rgb)
-        else:  # evaluation: an unreadable image is an error naming the file
-            image, skipped = read_rgb(self.samples[index].image_path), ""
-        record = self.samples[index]  # image: (H0, W0, 3) uint8 RGB
-        keypoints = record.keypoints.copy()  # (16, 3) [x, y, v] 0-based image pixels
-        center, scale, rot = record.center.copy(), record.scale.copy(), 0.0
-        if self.train:
-            image, keypoints, center, scale, rot = self._augment(image, keypoints, center, scale)
-        mat = get_affine_transform(center, scale, rot, self.input_size)
-        height, width = self.input_size
-        crop = cv2.warpAffine(image, mat, (width, height), flags=cv2.INTER_LINEAR)
-        keypoints[:, :2] = affine_points(keypoints[:, :2], mat)
-        target, target_weight = generate_heatmaps(keypoints, self.input_size, self.heatmap_size,
-                                                  self.sigma)
-        meta = {"image_id": record.image_id, "center": center.astype(np.float32),
-                "scale": scale.astype(np.float32), "score": float(record.score), "index": int(index)}
-        if self.train:
-            meta["skipped"] = skipped
-        return {"image": _normalise(crop), "target": torch.from_numpy(target),
-                "target_weight": torch.from_numpy(target_weight), "meta": meta}
-
-    def _augment(self, image: np.ndarray, keypoints: np.ndarray, center: np.ndarray,
-                 scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-        """Half-body crop, random scale, rotation and horizontal flip (MPII pairs), from torch's RNG."""
-        center, scale = self._half_body(keypoints, center, scale)
-        sf, rf = self.scale_factor, self.rot_factor
-        scale = scale * float(np.clip(1.0 + torch.randn(()).item() * sf, 1.0 - sf, 1.0 + sf))
-        rot = float(np.clip(torch.randn(()).item() * rf, -2.0 * rf, 2.0 * rf))
-        if torch.rand(()).item() >= self.rot_prob:
-            rot = 0.0
-        if torch.rand(()).item() < self.flip_prob:
-            width = image.shape[1]
-            image = np.ascontiguousarray(image[:, ::-1])
-            keypoints = flip_keypoints(keypoints, width, self.flip_pairs)
-            center = np.array([width - 1 - center[0], center[1]], dtype=np.float32)
-        return image, keypoints, center, scale, rot
-
-    def _half_body(self, keypoints: np.ndarray, center: np.ndarray,
-                   scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """With probability half_body_prob and more than num_joints_half_body labelled joints, the crop of
-        a random half of the body (nas.data.half_body); RNG draws only when the probability is > 0."""
-        if self.half_body_prob <= 0 or int((keypoints[:, 2] > 0).sum()) <= self.num_joints_half_body:
-            return center, scale
-        if torch.rand(()).item() >= self.half_body_prob:
-            return center, scale
-        prefer_upper = torch.rand(()).item() < 0.5
-        crop = half_body_crop(keypoints, self.upper_body, self.input_size[1] / self.input_size[0],
-                              prefer_upper)
-        return (center, scale) if crop is None else crop
