@@ -24,7 +24,8 @@ class Darts:
     def __init__(self, space: Any, supernet: nn.Module, criterion: nn.Module,
                  weight_optimizer: OptimizerFactory, arch_optimizer: OptimizerFactory,
                  epochs: int, steps_per_epoch: int, unrolled: bool = False,
-                 warmup_epochs: float = 0.0, grad_clip: float = 5.0, lr_min: float = 0.0):
+                 warmup_epochs: float = 0.0, grad_clip: float = 5.0, lr_min: float = 0.0,
+                 fd_eps: float = 0.01):
         if not hasattr(supernet, "arch_parameters"):
             raise UserError(f"search space {space.name!r} has no architecture parameters, so a "
                             "gradient strategy cannot search it; pick another strategy or space")
@@ -36,6 +37,7 @@ class Darts:
         total = max(1, epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, total, lr_min)
         self.unrolled, self.grad_clip = unrolled, grad_clip
+        self.fd_eps = fd_eps  # finite-difference step of the Hessian-vector product, over ||vector||
         self.warmup_steps = int(warmup_epochs * steps_per_epoch)
         self.steps = 0
 
@@ -106,8 +108,8 @@ class Darts:
         return value
 
     def _hessian_vector(self, batch: Batch, vector: list[torch.Tensor]) -> list[torch.Tensor]:
-        """(d/d_alpha d/dw L_train) . vector, by central differences with eps = 0.01 / ||vector||."""
-        eps = 0.01 / (torch.cat([v.flatten() for v in vector]).norm() + 1e-12)
+        """(d/d_alpha d/dw L_train) . vector, by central differences with eps = fd_eps / ||vector||."""
+        eps = self.fd_eps / (torch.cat([v.flatten() for v in vector]).norm() + 1e-12)
         grads = []
         for sign in (1.0, -2.0):
             with torch.no_grad():

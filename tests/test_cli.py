@@ -250,3 +250,11 @@ def test_unreadable_val_image_is_a_one_line_error_naming_it(tmp_path):
     assert last.startswith("error: cannot read image") and last.endswith(
         "val2017/000000000002.jpg (missing, empty or not an image)")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("strategy", sorted(p.stem for p in (REPO_ROOT / "conf" / "strategy").glob("*.yaml")))
+def test_every_strategy_config_runs_a_search(cache, tmp_path, strategy):
+    proc = _search(cache, tmp_path / strategy, f"strategy={strategy}", "epochs=1", "max_steps_per_epoch=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    provenance = json.loads((tmp_path / strategy / "genotype.json").read_text())["provenance"]
+    assert provenance["strategy"] == strategy
