@@ -32,6 +32,7 @@ class SearchConfig(RunConfig):
     search_space: Any = None
     strategy: Any = None
     arch_fraction: float = 0.5
+    stop_on_skip_rise: bool = False
     criterion: Any = None
 
 

@@ -51,7 +51,7 @@ def search(cfg: DictConfig) -> Path:
              len(weight_set), len(arch_set), cfg.epochs, steps, device, run_dir)
     bad_images = BadImageMonitor(2 * steps * cfg.batch_size, data.max_bad_fraction)  # both batches
     genotype = run_search(strategy, supernet, train_loader, arch_loader, cfg.epochs, device, run_dir,
-                          resume_from, cfg.max_steps_per_epoch, bad_images)
+                          resume_from, cfg.max_steps_per_epoch, bad_images, cfg.stop_on_skip_rise)
     genotype.space = HydraConfig.get().runtime.choices["search_space"]
     genotype.input_size, genotype.heatmap_size = data.input_size, data.heatmap_size
     genotype.provenance = {"strategy": HydraConfig.get().runtime.choices["strategy"], "seed": cfg.seed,

@@ -118,7 +118,8 @@ class DartsCellsSpace:
 
     def __init__(self, init_channels: int = 8, layers: int = 4, steps: int = 3,
                  reductions: int = 2, num_keypoints: int = 17,
-                 primitives: Sequence[str] = PRIMITIVES, retrain_channels: int | None = None):
+                 primitives: Sequence[str] = PRIMITIVES, retrain_channels: int | None = None,
+                 max_skips: int | None = None):
         unknown = [p for p in primitives if p not in OPS]
         if unknown:
             raise ValueError(f"unknown primitives {unknown}; known ops: {', '.join(OPS)}")
@@ -128,6 +129,7 @@ class DartsCellsSpace:
                          reductions=reductions, num_keypoints=num_keypoints)
         self.primitives = tuple(primitives)
         self.retrain_channels = retrain_channels
+        self.max_skips = max_skips  # P-DARTS-style cap on skip_connect per decoded cell (None: no cap)
 
     def _net_args(self) -> tuple[int, int, int, int, int]:
         a = self.args
@@ -148,7 +150,10 @@ class DartsCellsSpace:
         cells = {}
         for kind in CELL_TYPES:
             weights = torch.softmax(supernet.alphas[kind].detach(), dim=-1).cpu()
-            cells[kind] = decode_cell(weights, self.primitives, self.args["steps"])
+            edges = decode_cell(weights, self.primitives, self.args["steps"])
+            if self.max_skips is not None:
+                edges = cap_skips(edges, weights, self.primitives, self.max_skips)
+            cells[kind] = edges
         return self._genotype(cells)
 
     def sample(self, rng: random.Random) -> Genotype:
@@ -191,6 +196,23 @@ def decode_cell(weights: torch.Tensor, primitives: Sequence[str], steps: int) ->
         top2 = sorted(torch.topk(best, 2).indices.tolist())
         edges += [(primitives[usable[int(arg[j])]], j) for j in top2]
         offset += 2 + i
+    return edges
+
+
+def cap_skips(edges: list[Edge], weights: torch.Tensor, primitives: Sequence[str],
+               max_skips: int) -> list[Edge]:
+    """Keep at most `max_skips` skip_connect edges (as P-DARTS does against DARTS's collapse): the
+    weakest skips, by their own weight, take their edge's best op other than none and skip."""
+    if "skip_connect" not in primitives:
+        return edges
+    skip = primitives.index("skip_connect")
+    others = [k for k, p in enumerate(primitives) if p not in ("none", "skip_connect")]
+    rows = [sum(2 + i for i in range(n // 2)) + src for n, (_, src) in enumerate(edges)]  # edge -> row
+    edges = list(edges)
+    skips = sorted((float(weights[rows[n], skip]), n) for n, (op, _) in enumerate(edges) if op == "skip_connect")
+    for _, n in skips[: max(0, len(skips) - max_skips)]:
+        best = max(others, key=lambda k: float(weights[rows[n], k]))
+        edges[n] = (primitives[best], edges[n][1])
     return edges
 
 

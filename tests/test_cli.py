@@ -258,3 +258,46 @@ def test_every_strategy_config_runs_a_search(cache, tmp_path, strategy):
     assert proc.returncode == 0, proc.stderr[-3000:]
     provenance = json.loads((tmp_path / strategy / "genotype.json").read_text())["provenance"]
     assert provenance["strategy"] == strategy
+
+
+def test_skip_count_is_logged_and_capped(cache, tmp_path):
+    run_dir = tmp_path / "cap"
+    proc = _search(cache, run_dir, "epochs=2", "max_steps_per_epoch=2", "search_space.max_skips=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for record in records:  # the logged count is the count in the logged genotype
+        assert record["skip_connects"] == json.dumps(record["genotype"]).count('"skip_connect"')
+    assert "skip_connect" not in json.dumps(json.loads((run_dir / "genotype.json").read_text())["genotype"])
+
+
+def test_early_stop_when_skips_rise(monkeypatch):
+    """Driven with a scripted strategy: the counts 1, 1, 3 stop the search after epoch 2 and hand
+    back the epoch-1 genotype."""
+    from nas.engine.search_loop import run_search
+    from nas.genotype import Genotype
+
+    class Scripted:
+        def __init__(self):
+            self.calls = 0
+
+        def step(self, train_batch, val_batch):
+            return {"loss": 0.0}
+
+        def result(self):
+            self.calls += 1
+            skips = {1: 1, 2: 1, 3: 3}.get(self.calls, 0)
+            return Genotype("darts_cells", {"normal": [["skip_connect", 0]] * skips, "tag": [self.calls]})
+
+        def end_epoch(self):
+            return {}
+
+        def state_dict(self):
+            return {}
+
+    import tempfile
+    batch = {"image": torch.zeros(1)}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = run_search(Scripted(), torch.nn.Linear(1, 1), [batch], [batch], 5, torch.device("cpu"),
+                         Path(tmp), None, stop_on_skip_rise=True)
+        epochs = [json.loads(line)["epoch"] for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    assert out.genotype["tag"] == [2] and epochs == [0, 1, 2]

@@ -102,3 +102,21 @@ def test_darts_genotypes_carry_the_retrain_width():
         assert genotype.space_args.get("retrain_channels") is None
     narrow = DartsCellsSpace(**TINY["darts_cells"]).decode(space.supernet())
     assert narrow.space_args["init_channels"] == 4
+
+
+def test_skip_cap_replaces_the_weakest_skips_by_their_best_other_op():
+    from search_spaces.darts_cells import cap_skips
+    prims = ("none", "skip_connect", "conv_3x3", "max_pool_3x3")
+    w = torch.tensor([
+        [0.0, 0.9, 0.04, 0.06],   # node 0 <- input 0: skip 0.9 (strongest skip, kept; else pool)
+        [0.0, 0.6, 0.1, 0.3],     # node 0 <- input 1: skip 0.6 (weakest skip -> max_pool 0.3)
+        [0.0, 0.7, 0.2, 0.1],     # node 1 <- input 0: skip 0.7 (-> kept with max_skips=2)
+        [0.0, 0.1, 0.8, 0.1],     # node 1 <- input 1: conv
+        [0.0, 0.2, 0.1, 0.7],     # node 1 <- node 0: pool
+    ])
+    edges = [("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 0), ("conv_3x3", 1)]
+    assert cap_skips(edges, w, prims, 2) == [("skip_connect", 0), ("max_pool_3x3", 1),
+                                             ("skip_connect", 0), ("conv_3x3", 1)]
+    assert cap_skips(edges, w, prims, 0) == [("max_pool_3x3", 0), ("max_pool_3x3", 1),
+                                             ("conv_3x3", 0), ("conv_3x3", 1)]
+    assert cap_skips(edges, w, prims, 3) == edges

@@ -22,15 +22,20 @@ from nas.genotype import Genotype
 def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_loader, epochs: int,
                device: torch.device, run_dir: Path, resume_from: Path | None,
                max_steps_per_epoch: int | None = None,
-               bad_images: BadImageMonitor | None = None) -> Genotype:
-    start = 0
+               bad_images: BadImageMonitor | None = None, stop_on_skip_rise: bool = False) -> Genotype:
+    """`stop_on_skip_rise`: end the search (DARTS+-style) as soon as the decoded genotype holds more
+    skip connections than the epoch before, returning that earlier genotype."""
+    start, skips_seen, kept, stopped = 0, [], None, False
     if resume_from is not None:
         state = load_checkpoint(resume_from)
         supernet.load_state_dict(state["model"])
         strategy.load_state_dict(state["strategy"])
         set_rng_state(state["rng"])
-        start = state["epoch"] + 1
+        start, skips_seen = state["epoch"] + 1, list(state.get("skips_seen", []))
+        kept, stopped = state.get("kept_genotype"), bool(state.get("stopped", False))
         log.info("resumed from %s at epoch %d/%d", resume_from, start, epochs)
+    if stopped:
+        return Genotype.from_dict(kept)
     metrics = MetricsLog(run_dir / "metrics.jsonl", keep_before_epoch=start)
     steps = len(train_loader) if max_steps_per_epoch is None else min(len(train_loader), max_steps_per_epoch)
     started = time.time()
@@ -38,17 +43,36 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
         t0 = time.time()
         summary = _epoch(strategy, train_loader, arch_loader, steps, device, epoch, epochs, bad_images)
         genotype = strategy.result()
+        skips = count_op(genotype.genotype, "skip_connect")
+        stopped = stop_on_skip_rise and bool(skips_seen) and skips > skips_seen[-1]
+        skips_seen.append(skips)
         record = {"epoch": epoch, **summary, **strategy.end_epoch(), "epoch_s": round(time.time() - t0, 2),
-                  "genotype": genotype.genotype}
+                  "skip_connects": skips, "genotype": genotype.genotype}
         if bad_images is not None and bad_images.report():
             record["skipped_images"] = dict(bad_images.paths)
         metrics.write(record)
         log.info("epoch %d/%d  loss %.6f  arch_loss %s  (%.0fs, ETA %s)", epoch + 1, epochs, summary["loss"],
                  f"{summary['arch_loss']:.6f}" if "arch_loss" in summary else "-", record["epoch_s"],
                  format_eta(time.time() - started, epoch + 1 - start, epochs - start))
+        if not stopped:
+            kept = genotype.to_dict()
         save_checkpoint(run_dir / "last.pt", {"model": supernet.state_dict(), "strategy": strategy.state_dict(),
-                                              "rng": rng_state(), "epoch": epoch})
+                                              "rng": rng_state(), "epoch": epoch, "skips_seen": skips_seen,
+                                              "kept_genotype": kept, "stopped": stopped})
+        if stopped:
+            log.info("skip connections rose from %d to %d: stopping early with the epoch-%d genotype",
+                     skips_seen[-2], skips, epoch)
+            return Genotype.from_dict(kept)
     return strategy.result()
+
+
+def count_op(tree: Any, name: str) -> int:
+    """How often op `name` appears in a genotype's nested lists and dicts."""
+    if isinstance(tree, dict):
+        return sum(count_op(v, name) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(count_op(v, name) for v in tree)
+    return int(tree == name)
 
 
 def _epoch(strategy: Any, train_loader, arch_loader, steps: int, device: torch.device,
