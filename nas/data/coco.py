@@ -100,12 +100,8 @@ class CocoTopDown(TopDownDataset):
             raise FileNotFoundError(
                 f"keypoint annotations for split {split!r} not found: expected {self.ann_file}")
         self.image_dir = _find_image_dir(root, split)
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
-        self.sigma, self.train, self.padding = float(sigma), bool(train), float(padding)
-        self.scale_factor, self.rot_factor = float(scale_factor), float(rot_factor)
-        self.rot_prob, self.flip_prob = float(rot_prob), float(flip_prob)
-        self.half_body_prob, self.num_joints_half_body = float(half_body_prob), int(num_joints_half_body)
+        self._set_pipeline(input_size, heatmap_size, sigma, train, padding, scale_factor, rot_factor,
+                           rot_prob, flip_prob, half_body_prob, num_joints_half_body)
         self.upper_body = COCO_UPPER_BODY
         self.num_keypoints = NUM_COCO_KEYPOINTS
         self.flip_pairs = COCO_FLIP_PAIRS

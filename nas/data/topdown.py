@@ -50,6 +50,18 @@ def read_rgb(path: Path) -> np.ndarray:
 class TopDownDataset(Dataset):
     """Sample building and augmentation shared by CocoTopDown and MpiiTopDown."""
 
+    def _set_pipeline(self, input_size: tuple[int, int], heatmap_size: tuple[int, int], sigma: float,
+                      train: bool, padding: float, scale_factor: float, rot_factor: float,
+                      rot_prob: float, flip_prob: float, half_body_prob: float,
+                      num_joints_half_body: int) -> None:
+        """The crop, target and augmentation settings every top-down dataset takes."""
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
+        self.sigma, self.train, self.padding = float(sigma), bool(train), float(padding)
+        self.scale_factor, self.rot_factor = float(scale_factor), float(rot_factor)
+        self.rot_prob, self.flip_prob = float(rot_prob), float(flip_prob)
+        self.half_body_prob, self.num_joints_half_body = float(half_body_prob), int(num_joints_half_body)
+
     def __getitem__(self, index: int) -> dict:
         if self.train:  # a missing/unreadable image is skipped for the next sample (nas.data.bad_images)
             index, image, skipped = read_or_next(index, len(self.samples),
