@@ -33,6 +33,7 @@ class SearchConfig(RunConfig):
     strategy: Any = None
     arch_fraction: float = 0.5
     stop_on_skip_rise: bool = False
+    score_images: Optional[int] = 100
     criterion: Any = None
 
 
@@ -65,8 +66,25 @@ class EvaluateConfig:
     out_dir: Optional[str] = None
 
 
+@dataclass
+class ProfileConfig:
+    """python -m nas.profile: size and speed of a genotype's network, no data, no training."""
+    genotype: str = "???"
+    space_args: dict = field(default_factory=dict)
+    input_size: Optional[list] = None
+    heatmap_size: Optional[list] = None  # unused by profiling; lets the retrain presets apply unchanged
+    device: str = "auto"
+    threads: Optional[int] = None
+    batch_size: int = 1
+    warmup: int = 10
+    runs: int = 50
+    latency: bool = True
+    out: Optional[str] = None
+
+
 def register() -> None:
     store = ConfigStore.instance()
     store.store(name="search_schema", node=SearchConfig)
     store.store(name="retrain_schema", node=RetrainConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
+    store.store(name="profile_schema", node=ProfileConfig)

@@ -20,8 +20,11 @@ class SearchSpace(Protocol):
     name: str  # the config name in conf/search_space/, written into genotype files
 
     def supernet(self) -> nn.Module:
-        """A network holding every candidate; for gradient strategies it exposes
-        `arch_parameters()` and `weight_parameters()` (architecture params apart from weights)."""
+        """A network holding every candidate. For gradient strategies it exposes `arch_parameters()`
+        and `weight_parameters()` (architecture params apart from weights) and may expose
+        `arch_weights()` ({name: softmaxed tensor}, saved every epoch for trajectory plots). For
+        one-shot strategies it exposes `set_path(genotype | None)`: forward then runs only that
+        member from the shared weights (None: back to the whole supernet)."""
 
     def sample(self, rng: random.Random) -> Genotype:
         """A uniformly random member of the space (random search, evolution)."""
@@ -37,7 +40,13 @@ class SearchSpace(Protocol):
 
 
 class Strategy(Protocol):
-    """Owns its optimizers and schedulers (second-order DARTS needs the weight optimizer's state)."""
+    """Owns its optimizers and schedulers (second-order DARTS needs the weight optimizer's state).
+
+    Built with `space, supernet, criterion, epochs, steps_per_epoch` plus its config; a constructor
+    that names `accuracy` gets the held-out pose-accuracy estimator (estimators/accuracy.py), one
+    that names `seed` the run's seed. An optional `schedule() -> (epochs, steps_per_epoch)` replaces
+    the run's own (random search runs one epoch per candidate). `end_epoch` runs before `result`.
+    """
 
     def step(self, train_batch: dict[str, Any], val_batch: dict[str, Any]) -> dict[str, float]: ...
     def result(self) -> Genotype: ...

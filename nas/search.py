@@ -5,15 +5,17 @@ to the search loop. `resume=true run_dir=<dir>` continues a killed search in its
 """
 from __future__ import annotations
 
+import inspect
 import platform
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from estimators.accuracy import HeldOutPoseAccuracy
 from nas.cli import user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
@@ -43,22 +45,37 @@ def search(cfg: DictConfig) -> Path:
     train_loader = make_loader(weight_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)
     arch_loader = make_loader(arch_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)
     steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
-    strategy = instantiate(cfg.strategy, space=space, supernet=supernet,
-                           criterion=instantiate(cfg.criterion), epochs=cfg.epochs, steps_per_epoch=steps)
+    extras = _strategy_extras(cfg, data, weight_set, arch_set, device)
+    strategy = instantiate(cfg.strategy, space=space, supernet=supernet, criterion=instantiate(cfg.criterion),
+                           epochs=cfg.epochs, steps_per_epoch=steps, **extras)
+    epochs, steps = getattr(strategy, "schedule", lambda: (cfg.epochs, steps))()
     save_config(cfg, run_dir)
     log.info("search: %s + %s on %s (%d/%d training instances for weights/architecture), %d epochs "
              "x %d steps, device %s, run dir %s", space.name, type(strategy).__name__, data.name,
-             len(weight_set), len(arch_set), cfg.epochs, steps, device, run_dir)
+             len(weight_set), len(arch_set), epochs, steps, device, run_dir)
     bad_images = BadImageMonitor(2 * steps * cfg.batch_size, data.max_bad_fraction)  # both batches
-    genotype = run_search(strategy, supernet, train_loader, arch_loader, cfg.epochs, device, run_dir,
-                          resume_from, cfg.max_steps_per_epoch, bad_images, cfg.stop_on_skip_rise)
+    genotype = run_search(strategy, supernet, train_loader, arch_loader, epochs, device, run_dir,
+                          resume_from, steps, bad_images, cfg.stop_on_skip_rise)
     genotype.space = HydraConfig.get().runtime.choices["search_space"]
     genotype.input_size, genotype.heatmap_size = data.input_size, data.heatmap_size
-    genotype.provenance = {"strategy": HydraConfig.get().runtime.choices["strategy"], "seed": cfg.seed,
-                           "data": data.name, "epochs": cfg.epochs,
+    genotype.provenance = {**genotype.provenance, "strategy": HydraConfig.get().runtime.choices["strategy"], "seed": cfg.seed,
+                           "data": data.name, "epochs": epochs, "steps_per_epoch": steps,
                            "config": OmegaConf.to_container(cfg, resolve=True),
                            "versions": {"torch": torch.__version__, "python": platform.python_version()}}
     return save(genotype, run_dir / "genotype.json")
+
+
+def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dict:
+    """What a strategy takes beyond batches, given only to those whose constructor asks: `accuracy`,
+    the held-out pose-accuracy estimator that scores candidates, and `seed` for their sampling."""
+    params = inspect.signature(get_class(cfg.strategy._target_)).parameters
+    extras = {"seed": cfg.seed} if "seed" in params else {}
+    if "accuracy" in params:
+        extras["accuracy"] = HeldOutPoseAccuracy(arch_set, device, data.flip_pairs, cfg.score_images,
+                                                 cfg.seed, calibration=weight_set)
+        log.info("candidates are scored on %d people in %d held-out training images",
+                 extras["accuracy"].num_instances, len(extras["accuracy"].image_ids))
+    return extras
 
 
 @hydra.main(config_path="pkg://conf", config_name="search", version_base="1.3")

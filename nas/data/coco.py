@@ -178,12 +178,14 @@ class CocoTopDown(TopDownDataset):
         return len(self.samples)
 
     def evaluate(self, results: list[dict], out_dir: Path | None = None,
-                 name: str = "predictions.json") -> dict[str, float]:
-        """OKS AP/AR (pycocotools) of COCO-format `results`; writes them to `out_dir/name` if given."""
+                 name: str = "predictions.json", image_ids: list[int] | None = None) -> dict[str, float]:
+        """OKS AP/AR (pycocotools) of COCO-format `results`; writes them to `out_dir/name` if given.
+        `image_ids` restricts the ground truth to those images."""
         from nas.metrics.coco_eval import evaluate_keypoints
         out_json = Path(out_dir) / name if out_dir is not None else None
         try:
-            return evaluate_keypoints(self.coco, results, out_json=out_json, sigmas=self.sigmas)
+            return evaluate_keypoints(self.coco, results, out_json=out_json, sigmas=self.sigmas,
+                                      image_ids=image_ids)
         except ValueError as err:  # predictions for images this split does not have
             raise UserError(f"{err} ({self.ann_file}); evaluate on the split the predictions are of") \
                 from err

@@ -6,6 +6,7 @@ remaining epochs exactly as an uninterrupted run would (same machine, same seed)
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,16 @@ from nas.data.bad_images import BadImageMonitor
 from nas.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nas.engine.runtime import MetricsLog, format_eta, forever, log, to_device
 from nas.genotype import Genotype
+from nas.utils.io import atomic_write_text
 
 
 def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_loader, epochs: int,
                device: torch.device, run_dir: Path, resume_from: Path | None,
-               max_steps_per_epoch: int | None = None,
+               steps_per_epoch: int | None = None,
                bad_images: BadImageMonitor | None = None, stop_on_skip_rise: bool = False) -> Genotype:
     """`stop_on_skip_rise`: end the search (DARTS+-style) as soon as the decoded genotype holds more
-    skip connections than the epoch before, returning that earlier genotype."""
+    skip connections than the epoch before, returning that earlier genotype. `steps_per_epoch`
+    (None: one pass over `train_loader`) may exceed the loader: it is cycled."""
     start, skips_seen, kept, stopped = 0, [], None, False
     if resume_from is not None:
         state = load_checkpoint(resume_from)
@@ -37,22 +40,24 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
     if stopped:
         return Genotype.from_dict(kept)
     metrics = MetricsLog(run_dir / "metrics.jsonl", keep_before_epoch=start)
-    steps = len(train_loader) if max_steps_per_epoch is None else min(len(train_loader), max_steps_per_epoch)
+    steps = len(train_loader) if steps_per_epoch is None else steps_per_epoch
     started = time.time()
     for epoch in range(start, epochs):
         t0 = time.time()
         summary = _epoch(strategy, train_loader, arch_loader, steps, device, epoch, epochs, bad_images)
+        summary.update(strategy.end_epoch())  # before result(): a strategy may rank candidates here
         genotype = strategy.result()
+        save_arch_weights(supernet, run_dir / "arch_weights.jsonl", epoch)
         skips = count_op(genotype.genotype, "skip_connect")
         stopped = stop_on_skip_rise and bool(skips_seen) and skips > skips_seen[-1]
         skips_seen.append(skips)
-        record = {"epoch": epoch, **summary, **strategy.end_epoch(), "epoch_s": round(time.time() - t0, 2),
+        record = {"epoch": epoch, **summary, "epoch_s": round(time.time() - t0, 2),
                   "skip_connects": skips, "genotype": genotype.genotype}
         if bad_images is not None and bad_images.report():
             record["skipped_images"] = dict(bad_images.paths)
         metrics.write(record)
-        log.info("epoch %d/%d  loss %.6f  arch_loss %s  (%.0fs, ETA %s)", epoch + 1, epochs, summary["loss"],
-                 f"{summary['arch_loss']:.6f}" if "arch_loss" in summary else "-", record["epoch_s"],
+        log.info("epoch %d/%d  loss %s  arch_loss %s  (%.0fs, ETA %s)", epoch + 1, epochs,
+                 _fmt(summary.get("loss")), _fmt(summary.get("arch_loss")), record["epoch_s"],
                  format_eta(time.time() - started, epoch + 1 - start, epochs - start))
         if not stopped:
             kept = genotype.to_dict()
@@ -64,6 +69,22 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
                      skips_seen[-2], skips, epoch)
             return Genotype.from_dict(kept)
     return strategy.result()
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}"
+
+
+def save_arch_weights(supernet: torch.nn.Module, path: Path, epoch: int) -> None:
+    """Append the supernet's softmaxed architecture weights of this epoch (for trajectory plots);
+    the file is cut back to the epochs before `epoch` first, so a resumed run does not repeat lines."""
+    if not hasattr(supernet, "arch_weights"):
+        return
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if json.loads(line)["epoch"] < epoch]
+    weights = {name: w.tolist() for name, w in supernet.arch_weights().items()}
+    record = {"epoch": epoch, "primitives": list(getattr(supernet, "primitives", ())), "weights": weights}
+    atomic_write_text(path, "".join(line + "\n" for line in kept) + json.dumps(record) + "\n")
 
 
 def count_op(tree: Any, name: str) -> int:
@@ -82,7 +103,7 @@ def _epoch(strategy: Any, train_loader, arch_loader, steps: int, device: torch.d
     arch_iter = forever(arch_loader)
     if bad_images is not None:
         bad_images.start_epoch()
-    bar = tqdm(zip(range(steps), train_loader), total=steps, desc=f"search {epoch + 1}/{epochs}",
+    bar = tqdm(zip(range(steps), forever(train_loader)), total=steps, desc=f"search {epoch + 1}/{epochs}",
                disable=None, leave=False, dynamic_ncols=True)
     for _, batch in bar:
         arch_batch = next(arch_iter)
@@ -93,5 +114,6 @@ def _epoch(strategy: Any, train_loader, arch_loader, steps: int, device: torch.d
         for key, value in out.items():
             totals[key] = totals.get(key, 0.0) + value
             counts[key] = counts.get(key, 0) + 1
-        bar.set_postfix(loss=f"{out['loss']:.5f}")
+        if "loss" in out:
+            bar.set_postfix(loss=f"{out['loss']:.5f}")
     return {key: value / counts[key] for key, value in totals.items()}

@@ -33,12 +33,14 @@ def write_results(results: list[dict], out_json: str | Path) -> Path:
 
 def evaluate_keypoints(coco_gt: COCO | str | Path, results: list[dict],
                        out_json: str | Path | None = None, verbose: bool = False,
-                       sigmas: Sequence[float] | None = None) -> dict[str, float]:
+                       sigmas: Sequence[float] | None = None,
+                       image_ids: Sequence[int] | None = None) -> dict[str, float]:
     """OKS AP/AR of keypoint `results` against the ground truth (a COCO object or annotation path).
 
     Returns the ten standard COCO keypoint stats, keyed by STAT_NAMES. Empty results give all zeros.
     pycocotools reports -1 for an area range without ground truth; that value is passed through.
-    `sigmas` overrides the per-joint OKS constants (default: the COCO ones).
+    `sigmas` overrides the per-joint OKS constants (default: the COCO ones). `image_ids` restricts
+    the evaluation to those images (a search scores candidates on a subset of the training images).
     """
     gt = coco_gt if isinstance(coco_gt, COCO) else load_coco(coco_gt)
     results = [_clean(r) for r in results]
@@ -53,6 +55,8 @@ def evaluate_keypoints(coco_gt: COCO | str | Path, results: list[dict],
     with quiet:
         coco_eval = COCOeval(gt, gt.loadRes(results), iouType="keypoints")
         coco_eval.params.kpt_oks_sigmas = np.asarray(sigmas if sigmas is not None else COCO_SIGMAS)
+        if image_ids is not None:
+            coco_eval.params.imgIds = sorted(int(i) for i in image_ids)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()

@@ -1,0 +1,170 @@
+"""Random search, the baseline NAS papers are judged against (Li & Talwalkar 2019; Yu et al. 2020).
+
+Two variants, one class:
+- plain (`weight_sharing=False`): sample `num_samples` genotypes, train each one's standalone
+  network (at the search width) from scratch for the same number of steps on the same data, score
+  each with the same held-out accuracy estimator, keep the best;
+- weight sharing (`weight_sharing=True`): train the space's supernet on a uniformly sampled path at
+  every step (single-path one-shot), then rank `num_samples` sampled genotypes by the accuracy of
+  their path in the shared weights (BatchNorm recalibrated per path), and keep the best.
+
+Both fit the search loop's step/epoch contract, so they checkpoint and resume like DARTS: the
+candidate list, the scores so far, the network in training and its optimizer are in `state_dict`.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from nas.engine.guards import check_finite
+from nas.engine.runtime import log
+from nas.errors import UserError
+from nas.genotype import Genotype
+
+Batch = dict[str, torch.Tensor]
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class RandomSearch:
+    def __init__(self, space: Any, supernet: nn.Module, criterion: nn.Module, optimizer: OptimizerFactory,
+                 epochs: int, steps_per_epoch: int, accuracy: Callable[..., dict[str, float]],
+                 num_samples: int = 6, weight_sharing: bool = False, steps_per_candidate: int = 200,
+                 supernet_steps: int | None = None, grad_clip: float = 5.0, seed: int = 0,
+                 metric: str = "AP"):
+        """Plain: one epoch per candidate, `steps_per_candidate` steps each (the run's `epochs` does
+        not apply). Weight sharing: `supernet_steps` path steps spread over the run's epochs (None:
+        epochs x steps_per_epoch), then the ranking."""
+        if weight_sharing and not hasattr(supernet, "set_path"):
+            raise UserError(f"search space {space.name!r} has no weight-sharing supernet (set_path), so "
+                            "strategy=random_weight_sharing cannot search it; use strategy=random")
+        if min(num_samples, steps_per_candidate, supernet_steps or 1) < 1:
+            raise UserError("strategy.num_samples, steps_per_candidate and supernet_steps must be >= 1")
+        self.space, self.supernet, self.criterion, self.accuracy = space, supernet, criterion, accuracy
+        self.make_optimizer, self.grad_clip, self.metric = optimizer, grad_clip, metric
+        if weight_sharing:
+            steps_per_epoch = -(-supernet_steps // epochs) if supernet_steps else steps_per_epoch
+            self.epochs, self.steps_per_epoch, self.budget = epochs, steps_per_epoch, 0
+        else:
+            self.epochs, self.steps_per_epoch = num_samples, steps_per_candidate
+            self.budget = steps_per_candidate
+        self.weight_sharing, self.total_steps = weight_sharing, self.epochs * self.steps_per_epoch
+        sampler = random.Random(seed)
+        self.candidates = [space.sample(sampler).to_dict() for _ in range(num_samples)]
+        self.path_rng = random.Random(seed + 1)  # the paths trained in weight sharing
+        self.scores: list[dict[str, float]] = []
+        self.steps, self.done_steps = 0, 0
+        self.net: nn.Module | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        if weight_sharing:
+            self.net, self.opt = supernet, optimizer(_weights(supernet))
+        log.info("random search: %d candidates, %s", num_samples,
+                 f"{self.total_steps} single-path supernet steps, then ranking in the shared weights"
+                 if weight_sharing else f"each trained {self.budget} steps from scratch, one epoch each")
+
+    def schedule(self) -> tuple[int, int]:
+        """(epochs, steps per epoch) this strategy runs; the search loop follows it."""
+        return self.epochs, self.steps_per_epoch
+
+    # ---- training ------------------------------------------------------------------------
+    def step(self, train_batch: Batch, val_batch: Batch) -> dict[str, float]:
+        if self.weight_sharing:
+            self.supernet.set_path(self.space.sample(self.path_rng))
+            loss = self._train_step(self.supernet, train_batch)
+        else:
+            if self.net is None:
+                self._start_candidate()
+            loss = self._train_step(self.net, train_batch)
+            self.done_steps += 1
+            if self.done_steps == self.budget:
+                self._score_current()
+        self.steps += 1
+        return {"loss": loss}
+
+    def _train_step(self, net: nn.Module, batch: Batch) -> float:
+        net.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.criterion(net(batch["image"]), batch["target"], batch["target_weight"])
+        value = check_finite(loss, "training loss", self.steps)
+        loss.backward()
+        nn.utils.clip_grad_norm_(_weights(net), self.grad_clip)
+        self.opt.step()
+        return value
+
+    def _start_candidate(self) -> None:
+        device = next(self.supernet.parameters()).device
+        self.net = self.space.build(Genotype.from_dict(self.candidates[len(self.scores)])).to(device)
+        self.opt = self.make_optimizer(self.net.parameters())
+        self.done_steps = 0
+
+    def _score_current(self) -> None:
+        score = self.accuracy(self.net)
+        self.scores.append(score)
+        log.info("candidate %d/%d: %s %.4f after %d steps", len(self.scores), len(self.candidates),
+                 self.metric, score[self.metric], self.budget)
+        self.net, self.opt = None, None
+
+    def _rank_in_shared_weights(self) -> None:
+        for n, candidate in enumerate(self.candidates[len(self.scores):], start=len(self.scores) + 1):
+            self.supernet.set_path(Genotype.from_dict(candidate))
+            self.scores.append(self.accuracy(self.supernet, calibrate=True))
+            log.info("candidate %d/%d in the shared weights: %s %.4f", n, len(self.candidates),
+                     self.metric, self.scores[-1][self.metric])
+        self.supernet.set_path(None)
+
+    # ---- results and state ------------------------------------------------------------------
+    def end_epoch(self) -> dict[str, Any]:
+        if self.weight_sharing and self.steps >= self.total_steps:
+            self._rank_in_shared_weights()
+        if not self.scores:
+            return {"candidates_scored": 0}
+        return {"candidates_scored": len(self.scores), f"best_{self.metric}": self._best()[1]}
+
+    def _best(self) -> tuple[int, float]:
+        values = [s[self.metric] for s in self.scores]
+        best = max(range(len(values)), key=lambda i: values[i])  # the first of equals
+        return best, values[best]
+
+    def result(self) -> Genotype:
+        index = self._best()[0] if self.scores else 0
+        genotype = Genotype.from_dict(self.candidates[index])
+        if self.scores:
+            genotype.provenance = {"search_score": {self.metric: self.scores[index][self.metric]},
+                                   "candidates": [{"genotype": c["genotype"], **s}
+                                                  for c, s in zip(self.candidates, self.scores)]}
+        return genotype
+
+    def state_dict(self) -> dict:
+        state = {"candidates": self.candidates, "scores": self.scores, "steps": self.steps,
+                 "done_steps": self.done_steps, "path_rng": _rng_state(self.path_rng)}
+        if self.net is not None and not self.weight_sharing:
+            state["net"] = self.net.state_dict()
+        if self.opt is not None:
+            state["optimizer"] = self.opt.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.candidates, self.scores = list(state["candidates"]), list(state["scores"])
+        self.steps, self.done_steps = state["steps"], state["done_steps"]
+        self.path_rng.setstate(_rng_tuple(state["path_rng"]))
+        if "net" in state:
+            self._start_candidate()
+            self.net.load_state_dict(state["net"])
+            self.done_steps = state["done_steps"]
+        if "optimizer" in state:
+            self.opt.load_state_dict(state["optimizer"])
+
+
+def _weights(net: nn.Module) -> list[nn.Parameter]:
+    return list(net.weight_parameters()) if hasattr(net, "weight_parameters") else list(net.parameters())
+
+
+def _rng_state(rng: random.Random) -> list:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _rng_tuple(state: list) -> tuple:
+    return state[0], tuple(state[1]), state[2]
