@@ -66,10 +66,12 @@ def search(cfg: DictConfig) -> Path:
 
 
 def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dict:
-    """What a strategy takes beyond batches, given only to those whose constructor asks: `accuracy`,
-    the held-out pose-accuracy estimator that scores candidates, and `seed` for their sampling."""
+    """What a strategy takes beyond batches, given only to those whose constructor names it: `accuracy`
+    (the held-out pose-accuracy estimator that scores candidates), `seed`, `run_dir`, `input_size`."""
     params = inspect.signature(get_class(cfg.strategy._target_)).parameters
-    extras = {"seed": cfg.seed} if "seed" in params else {}
+    offered = {"seed": cfg.seed, "run_dir": str(HydraConfig.get().runtime.output_dir),
+               "input_size": tuple(data.input_size)}
+    extras = {k: v for k, v in offered.items() if k in params}
     if "accuracy" in params:
         extras["accuracy"] = HeldOutPoseAccuracy(arch_set, device, data.flip_pairs, cfg.score_images,
                                                  cfg.seed, calibration=weight_set)

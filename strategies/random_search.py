@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nas.engine.checkpoint import generator_state, set_generator_state
 from nas.engine.guards import check_finite
 from nas.engine.runtime import log
 from nas.errors import UserError
@@ -138,7 +139,7 @@ class RandomSearch:
 
     def state_dict(self) -> dict:
         state = {"candidates": self.candidates, "scores": self.scores, "steps": self.steps,
-                 "done_steps": self.done_steps, "path_rng": _rng_state(self.path_rng)}
+                 "done_steps": self.done_steps, "path_rng": generator_state(self.path_rng)}
         if self.net is not None and not self.weight_sharing:
             state["net"] = self.net.state_dict()
         if self.opt is not None:
@@ -148,7 +149,7 @@ class RandomSearch:
     def load_state_dict(self, state: dict) -> None:
         self.candidates, self.scores = list(state["candidates"]), list(state["scores"])
         self.steps, self.done_steps = state["steps"], state["done_steps"]
-        self.path_rng.setstate(_rng_tuple(state["path_rng"]))
+        set_generator_state(self.path_rng, state["path_rng"])
         if "net" in state:
             self._start_candidate()
             self.net.load_state_dict(state["net"])
@@ -160,11 +161,3 @@ class RandomSearch:
 def _weights(net: nn.Module) -> list[nn.Parameter]:
     return list(net.weight_parameters()) if hasattr(net, "weight_parameters") else list(net.parameters())
 
-
-def _rng_state(rng: random.Random) -> list:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def _rng_tuple(state: list) -> tuple:
-    return state[0], tuple(state[1]), state[2]

@@ -44,7 +44,8 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
     started = time.time()
     for epoch in range(start, epochs):
         t0 = time.time()
-        summary = _epoch(strategy, train_loader, arch_loader, steps, device, epoch, epochs, bad_images)
+        n_steps = strategy.epoch_steps(epoch) if hasattr(strategy, "epoch_steps") else steps
+        summary = _epoch(strategy, train_loader, arch_loader, n_steps, device, epoch, epochs, bad_images)
         summary.update(strategy.end_epoch())  # before result(): a strategy may rank candidates here
         genotype = strategy.result()
         save_arch_weights(supernet, run_dir / "arch_weights.jsonl", epoch)

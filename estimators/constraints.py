@@ -1,0 +1,67 @@
+"""Costs of a candidate network (params, GFLOPs, latency) and the constraints a search puts on them.
+
+Latency comes from a lookup table for the named device when one is given (fast enough to screen
+every candidate), else from a measurement of the candidate's standalone network at batch 1.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from estimators.complexity import count_gflops, count_params
+from nas.errors import UserError
+from nas.genotype import Genotype
+
+LIMIT_KEYS = {"latency_ms": "latency_ms", "gflops": "GFLOPs", "params_m": "params_M"}
+
+
+class CandidateCost:
+    """`costs(genotype)` -> {"params_M", "GFLOPs"[, "latency_ms"]}; `violations(costs)` -> the
+    names of the limits a candidate exceeds (empty: feasible)."""
+
+    def __init__(self, space: Any, input_size: tuple[int, int], latency_ms: float | None = None,
+                 gflops: float | None = None, params_m: float | None = None, device: str = "cpu",
+                 threads: int | None = 1, latency_runs: int = 20, table: Any = None):
+        self.space, self.input_size = space, tuple(input_size)
+        self.limits = {k: v for k, v in (("latency_ms", latency_ms), ("gflops", gflops),
+                                         ("params_m", params_m)) if v is not None}
+        for key, value in self.limits.items():
+            if value <= 0:
+                raise UserError(f"strategy.constraints.{key} must be positive, got {value}")
+        self.device, self.threads, self.runs, self.table = device, threads, latency_runs, table
+        self.with_latency = latency_ms is not None or table is not None
+
+    def measured_latency(self, genotype: Genotype) -> float:
+        from estimators.latency import measure_latency
+        net = self.space.build(genotype)
+        return float(measure_latency(net, self.input_size, self.device, runs=self.runs,
+                                     warmup=max(2, self.runs // 4), threads=self.threads)["median_ms"])
+
+    def costs(self, genotype: Genotype) -> dict[str, float]:
+        net = self.space.build(genotype)
+        out = {"params_M": count_params(net) / 1e6, "GFLOPs": count_gflops(net, self.input_size)}
+        if self.with_latency:
+            if self.table is not None:
+                out["latency_ms"] = float(self.table.estimate(net, self.input_size))
+            else:
+                out["latency_ms"] = self.measured_latency(genotype)
+        return out
+
+    def violations(self, costs: dict[str, float]) -> list[str]:
+        return [key for key, limit in self.limits.items() if costs[LIMIT_KEYS[key]] > limit]
+
+    @property
+    def cost_axis(self) -> str:
+        """The cost the Pareto front is drawn against: latency when known, else GFLOPs."""
+        return "latency_ms" if self.with_latency else "GFLOPs"
+
+
+def pareto_front(points: list[dict[str, Any]], score: str, cost: str) -> list[dict[str, Any]]:
+    """The points no other point beats (higher or equal `score` and lower or equal `cost`, one
+    strictly), sorted by cost."""
+    front = []
+    for p in points:
+        dominated = any(q[score] >= p[score] and q[cost] <= p[cost] and (q[score] > p[score] or q[cost] < p[cost])
+                        for q in points)
+        if not dominated:
+            front.append(p)
+    return sorted(front, key=lambda p: (p[cost], -p[score]))

@@ -1,0 +1,127 @@
+"""The one-shot evolution strategy, driven directly on a small space with a stand-in supernet.
+
+The stand-in supernet only remembers the path it was set to; the stand-in estimator scores a path
+by its widths, so wider is better but costs more FLOPs and the constraint decides. Costs are the
+real ones (thop on the standalone network), checked here against an independent count.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from estimators.complexity import count_gflops
+from estimators.constraints import pareto_front
+from nas.errors import UserError
+from nas.pose.loss import KeypointMSELoss
+from nas.spaces import build_space
+from strategies.evolution import Evolution
+from strategies.genes import crossover, leaves, mutate
+
+
+class PathRecorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 17, 1)
+        self.path = None
+
+    def set_path(self, genotype):
+        self.path = genotype
+
+    def forward(self, x):
+        return self.conv(x)[:, :, ::4, ::4]
+
+
+def _score(model, genotype=None, calibrate=False):
+    assert calibrate  # shared-weight paths must be recalibrated before scoring
+    return {"AP": sum(model.path.genotype["widths"]) / 1000.0}
+
+
+def _evolution(run_dir=None, **kw):
+    space = build_space("plain_conv", {"max_layers": 3})
+    args = dict(space=space, supernet=PathRecorder(), criterion=KeypointMSELoss(),
+                optimizer=functools.partial(torch.optim.SGD, lr=0.1), epochs=1, steps_per_epoch=2,
+                accuracy=_score, input_size=(32, 24), seed=0, run_dir=run_dir, population=6,
+                generations=3, parents=3, mutations=4, crossovers=2,
+                constraints={"gflops": 0.001})
+    return Evolution(**{**args, **kw})
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    return {"image": torch.randn(2, 3, 32, 24, generator=g), "target": torch.rand(2, 17, 8, 6, generator=g),
+            "target_weight": torch.ones(2, 17, 1)}
+
+
+def _drive(strategy, epochs):
+    batch = _batch()
+    for epoch in epochs:
+        for _ in range(strategy.epoch_steps(epoch)):
+            strategy.step(batch, batch)
+        strategy.end_epoch()
+
+
+def test_the_result_is_the_best_feasible_candidate_and_meets_the_constraint(tmp_path):
+    strategy = _evolution(run_dir=tmp_path)
+    assert strategy.schedule() == (1 + 3 + 1, 2)
+    _drive(strategy, range(5))
+    result = strategy.result()
+    gflops = count_gflops(strategy.space.build(result), (32, 24))
+    assert gflops <= 0.001
+    feasible = [e for e in strategy.cache.values() if not e["violations"]]
+    infeasible = [e for e in strategy.cache.values() if e["violations"]]
+    assert infeasible, "the constraint should bind in this test"
+    assert all(e["GFLOPs"] > 0.001 and "AP" not in e for e in infeasible)  # never scored
+    assert result.provenance["search_score"]["AP"] == max(e["AP"] for e in feasible)
+    report = json.loads((tmp_path / "pareto.json").read_text())
+    assert report["cost"] == "GFLOPs" and report["front"]
+
+
+def test_resuming_between_generations_gives_the_same_search():
+    whole = _evolution()
+    _drive(whole, range(5))
+    first = _evolution()
+    _drive(first, range(3))  # killed after the first generation
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    second = _evolution()
+    second.load_state_dict(torch.load(buffer, weights_only=True))
+    _drive(second, range(3, 5))
+    assert second.result().genotype == whole.result().genotype
+    assert second.cache.keys() == whole.cache.keys()
+
+
+def test_impossible_constraints_are_a_user_error():
+    strategy = _evolution(constraints={"params_m": 1e-6}, max_tries=2)
+    _drive(strategy, range(1))
+    with pytest.raises(UserError, match="loosen"):
+        strategy.end_epoch()
+
+
+def test_pareto_front_by_brute_force():
+    rng = random.Random(0)
+    points = [{"AP": rng.random(), "GFLOPs": rng.random()} for _ in range(40)]
+    front = pareto_front(points, "AP", "GFLOPs")
+    for p in points:
+        beaten = any(q["AP"] > p["AP"] and q["GFLOPs"] < p["GFLOPs"] for q in points)
+        assert (p in front) != beaten
+    assert [p["GFLOPs"] for p in front] == sorted(p["GFLOPs"] for p in front)
+
+
+def test_mutation_and_crossover_give_valid_children_made_of_parent_genes():
+    space = build_space("darts_cells", dict(init_channels=4, layers=3, steps=2, reductions=1))
+    rng = random.Random(1)
+    a, b = space.sample(rng), space.sample(rng)
+    child = mutate(space, a, rng, prob=0.2)
+    space.validate(child)
+    assert child.genotype != a.genotype
+    mixed = crossover(space, a, b, rng)
+    space.validate(mixed)
+    for (path, value), (_, va), (_, vb) in zip(leaves(mixed.genotype), leaves(a.genotype), leaves(b.genotype)):
+        assert value in (va, vb), path
