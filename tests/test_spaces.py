@@ -10,7 +10,11 @@ from nas.genotype import Genotype, GenotypeError
 from nas.spaces import build_space, space_names
 from search_spaces.darts_cells import DartsCellsSpace, decode_cell
 
-TINY = {"darts_cells": dict(init_channels=4, layers=3, steps=2, reductions=1)}
+TINY = {"darts_cells": dict(init_channels=4, layers=3, steps=2, reductions=1),
+        "vipnas_resnet": dict(width_choices=[[8, 16], [16]], depth_choices=[[1, 2], [1]], strides=[1, 2],
+                              head_channel_choices=[8, 16]),
+        "vipnas_mbv3": dict(width_choices=[[8], [8, 16]], depth_choices=[[1], [1, 2]], strides=[2, 2],
+                            activations=["relu", "hswish"], head_channel_choices=[8, 16])}
 
 
 def tiny_space(name: str):
