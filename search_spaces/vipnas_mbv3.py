@@ -44,6 +44,8 @@ def _attention_dict(kinds: Sequence[str], channels: int, elastic: bool) -> nn.Mo
 class InvertedResidual(nn.Module):
     """1x1 expand -> k x k grouped (strided) -> attention -> 1x1 project, identity when shapes agree."""
 
+    latency_block = True  # timed as one unit by latency lookup tables
+
     def __init__(self, c_in: int, c_out: int, mid: int, stride: int, kernel: int, groups: int,
                  attention_kind: str, act: str, project_act: bool):
         super().__init__()

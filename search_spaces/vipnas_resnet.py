@@ -91,6 +91,8 @@ class ElasticPoseNet(nn.Module):
 class Stem(nn.Sequential):
     """k x k stride-2 conv, BN, activation (+ a 3x3 stride-2 max-pool for the ResNet family)."""
 
+    latency_block = True  # timed as one unit by latency lookup tables
+
     def __init__(self, width: int, kernel: int, act: nn.Module, pool: bool):
         layers = dict(conv=nn.Conv2d(3, width, kernel, 2, kernel // 2, bias=False),
                       bn=nn.BatchNorm2d(width), act=act)
@@ -121,6 +123,8 @@ def _attention_dict(kinds: Sequence[str], channels: int, elastic: bool) -> nn.Mo
 
 class Bottleneck(nn.Module):
     """1x1 -> k x k (grouped, strided) -> 1x1, attention, residual (projected when shapes change)."""
+
+    latency_block = True  # timed as one unit by latency lookup tables
 
     def __init__(self, c_in: int, width: int, expansion: int, stride: int, kernel: int, groups: int,
                  attention_kind: str):

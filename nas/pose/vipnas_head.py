@@ -15,6 +15,8 @@ from torch import nn
 class ViPNASHead(nn.Module):
     """Features (B, C, h, w) -> heatmaps (B, K, h * 2**n, w * 2**n), n = len(deconv_channels)."""
 
+    latency_block = True  # timed as one unit by latency lookup tables
+
     def __init__(self, in_channels: int, deconv_channels: Sequence[int], deconv_groups: Sequence[int],
                  num_keypoints: int) -> None:
         super().__init__()
