@@ -79,6 +79,8 @@ class ProfileConfig:
     warmup: int = 10
     runs: int = 50
     latency: bool = True
+    latency_table: Optional[str] = None
+    table_device: str = "cpu"
     out: Optional[str] = None
 
 

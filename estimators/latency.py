@@ -1,0 +1,96 @@
+"""Latency of a network: measured on this machine (and, later, estimated from a lookup table).
+
+Measured latency is wall-clock time of a forward pass at a fixed input size, after warm-up runs
+(first calls pay for allocation and kernel selection). The median is the figure to quote: it is
+robust to the occasional scheduler hiccup that inflates the mean on a shared machine.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `threads` intra-op threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sync(device: torch.device) -> None:
+    """CUDA kernels are asynchronous: wait for them, or the timer measures only the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_runs(model: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> list[float]:
+    """Milliseconds of each of `runs` forward passes, after `warmup` untimed ones."""
+    times = []
+    for i in range(warmup + runs):
+        _sync(x.device)
+        start = time.perf_counter()
+        model(x)
+        _sync(x.device)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (as numpy's default), without needing numpy for one number."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def measure_latency(model: nn.Module, input_size: tuple[int, int], device: str | torch.device = "cpu",
+                    runs: int = 50, warmup: int = 10, batch_size: int = 1,
+                    threads: int | None = None) -> dict[str, float | int | str]:
+    """Forward-pass time of `model` on a (batch_size, 3, H, W) input, in eval mode, no autograd.
+
+    The model is moved to `device` (and left there); its train/eval mode is restored afterwards,
+    so an estimator can time a model in the middle of a search. On the CPU, `threads` sets the
+    intra-op threads for the measurement only; None keeps the current setting.
+    """
+    if runs < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError(f"need runs >= 1, warmup >= 0, batch_size >= 1; got {runs}, {warmup}, {batch_size}")
+    device = torch.device(device)
+    was_training = model.training
+    model = model.to(device).eval()
+    x = torch.zeros(batch_size, 3, *input_size, device=device)
+    threads_ctx = _cpu_threads(threads) if device.type == "cpu" else contextlib.nullcontext()
+    try:
+        with threads_ctx, torch.inference_mode():
+            times = _timed_runs(model, x, runs, warmup)
+    finally:
+        model.train(was_training)
+    return {"median_ms": statistics.median(times), "mean_ms": statistics.fmean(times),
+            "p90_ms": _percentile(times, 0.9), "runs": runs, "batch_size": batch_size,
+            "device": str(device)}
+
+
+class MeasuredLatency:
+    """{"latency_ms": median forward time} of a network on this machine, the Estimator contract."""
+
+    def __init__(self, input_size: tuple[int, int], device: str = "cpu", runs: int = 50, warmup: int = 10,
+                 batch_size: int = 1, threads: int | None = None):
+        self.input_size = tuple(input_size)
+        self.device, self.runs, self.warmup = device, runs, warmup
+        self.batch_size, self.threads = batch_size, threads
+
+    def __call__(self, model: nn.Module, genotype: object = None) -> dict[str, float]:
+        stats = measure_latency(model, self.input_size, self.device, self.runs, self.warmup,
+                                self.batch_size, self.threads)
+        return {"latency_ms": float(stats["median_ms"])}

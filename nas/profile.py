@@ -1,0 +1,98 @@
+"""python -m nas.profile GENOTYPE.json [hydra overrides]  ->  params, GFLOPs and latency on stdout
+
+Any genotype of any space: the space is resolved exactly as retrain resolves it (through
+conf/search_space/, with `space_args` overrides merged over the genotype's), the network is built
+and measured, nothing is trained. GFLOPs are thop MACs at batch 1 (the pose literature's
+convention); latency is the median of `runs` timed forward passes after `warmup` ones, at
+`batch_size`. Nothing is written unless `out=` names a JSON file (no run directory).
+
+    python -m nas.profile genotypes/darts_cells_synthetic_seed0.json +preset=posenas_l18_c48
+    python -m nas.profile GENOTYPE.json input_size=[256,192] device=cpu threads=1 latency=false
+    python -m nas.profile GENOTYPE.json threads=1 latency_table=latency_tables/cpu.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from estimators.complexity import count_gflops, count_params
+from estimators.latency import measure_latency
+from estimators.latency_table import LatencyTable
+from nas.cli import positional_to_override, user_errors
+from nas.config import register
+from nas.engine.runtime import configure_threads, pick_device
+from nas.errors import UserError
+from nas.genotype import load
+from nas.spaces import resolve
+from nas.utils.io import atomic_write_text
+
+register()
+
+
+def _check_sizes(cfg: DictConfig, input_size: list) -> None:
+    """Catch the values that would only fail deep inside torch, with a message naming the key."""
+    if len(input_size) != 2 or not all(isinstance(v, int) and v > 0 for v in input_size):
+        raise UserError(f"input_size must be [height, width] in positive integers, got {input_size}")
+    for key, low in (("batch_size", 1), ("runs", 1), ("warmup", 0)):
+        if cfg[key] < low:
+            raise UserError(f"{key} must be >= {low}, got {cfg[key]}")
+
+
+def profile(cfg: DictConfig) -> dict:
+    """The network's size and speed as one flat dict (what `out=` writes)."""
+    genotype = load(cfg.genotype)
+    space_args = {**genotype.space_args, **OmegaConf.to_container(cfg.space_args)}
+    space = resolve(genotype, space_args)
+    input_size = list(cfg.input_size or genotype.input_size)
+    _check_sizes(cfg, input_size)
+    model = space.build(genotype)
+    result = {"genotype": str(Path(cfg.genotype).resolve()), "space": genotype.space,
+              "space_args": space.args, "input_size": input_size, "params": count_params(model),
+              "GFLOPs": count_gflops(model, tuple(input_size))}
+    if cfg.latency:
+        device = pick_device(cfg.device)
+        threads = configure_threads(cfg.threads) if device.type == "cpu" else None
+        stats = measure_latency(model, tuple(input_size), device, cfg.runs, cfg.warmup, cfg.batch_size, threads)
+        result["latency"] = {**stats, "threads": threads}
+    if cfg.latency_table:
+        table = LatencyTable.load(cfg.latency_table, cfg.table_device, tuple(input_size))
+        result["latency_table"] = {"estimate_ms": table.estimate(model), "path": str(cfg.latency_table),
+                                   "device": cfg.table_device, "blocks_missing": table.missing}
+    if cfg.out:
+        atomic_write_text(Path(cfg.out), json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def report(result: dict) -> str:
+    """The human-readable lines printed to stdout."""
+    h, w = result["input_size"]
+    sizes = {k: v for k, v in result["space_args"].items() if not isinstance(v, (list, dict))}  # not the choices
+    lines = [f"{result['genotype']}  ({result['space']}, {json.dumps(sizes)})",
+             f"input {h}x{w}  params {result['params'] / 1e6:.2f}M ({result['params']:,})  "
+             f"GFLOPs {result['GFLOPs']:.3f}"]
+    lat = result.get("latency")
+    if lat:
+        threads = f", {lat['threads']} thread(s)" if lat["threads"] else ""
+        lines.append(f"latency {lat['median_ms']:.2f} ms median, {lat['mean_ms']:.2f} mean, "
+                     f"{lat['p90_ms']:.2f} p90  ({lat['runs']} runs, batch {lat['batch_size']}, "
+                     f"{lat['device']}{threads})")
+    est = result.get("latency_table")
+    if est:
+        missing = f", {est['blocks_missing']} block(s) not in the table" if est["blocks_missing"] else ""
+        lines.append(f"latency table estimate {est['estimate_ms']:.2f} ms ({est['device']}, {est['path']}{missing})")
+    return "\n".join(lines)
+
+
+@hydra.main(config_path="pkg://conf", config_name="profile", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        print(report(profile(cfg)))
+
+
+if __name__ == "__main__":
+    sys.argv = positional_to_override(sys.argv, "genotype")
+    main()
