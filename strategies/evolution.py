@@ -38,7 +38,7 @@ class Evolution:
     def __init__(self, space: Any, supernet: nn.Module, criterion: nn.Module, optimizer: Callable[..., Any],
                  epochs: int, steps_per_epoch: int, accuracy: Callable[..., dict[str, float]],
                  input_size: tuple[int, int], seed: int = 0, run_dir: str | None = None,
-                 sampling: str = "uniform", sandwich_random: int = 2, population: int = 16,
+                 supernet_steps: int | None = None, sampling: str = "uniform", sandwich_random: int = 2, population: int = 16,
                  generations: int = 5, parents: int = 8, mutations: int = 8, crossovers: int = 4,
                  mutation_prob: float = 0.2, constraints: dict | None = None,
                  latency_table: str | None = None, grad_clip: float = 5.0, metric: str = "AP",
@@ -57,6 +57,10 @@ class Evolution:
         self.sizes = dict(population=population, generations=generations, parents=parents,
                           mutations=mutations, crossovers=crossovers, max_tries=max_tries)
         self.mutation_prob = mutation_prob
+        if supernet_steps is not None:  # phase 1's length, spread over the run's epochs
+            if supernet_steps < 1:
+                raise UserError(f"strategy.supernet_steps must be >= 1, got {supernet_steps}")
+            steps_per_epoch = -(-supernet_steps // epochs)
         self.train_epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.cost = CandidateCost(space, input_size, table=_load_table(latency_table, constraints, input_size),
                                   **(constraints or {}))

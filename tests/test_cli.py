@@ -256,8 +256,8 @@ def test_unreadable_val_image_is_a_one_line_error_naming_it(tmp_path):
 # without an entry still runs, at its default budget).
 TINY_STRATEGY = {"random": ["strategy.num_samples=2", "strategy.steps_per_candidate=1"],
                  "random_weight_sharing": ["strategy.num_samples=2", "strategy.supernet_steps=2"],
-                 "evolution": ["strategy.population=2", "strategy.parents=1", "strategy.generations=1",
-                               "strategy.mutations=1", "strategy.crossovers=1"]}
+                 "evolution": ["strategy.supernet_steps=1", "strategy.population=2", "strategy.parents=1",
+                               "strategy.generations=1", "strategy.mutations=1", "strategy.crossovers=1"]}
 
 
 @pytest.mark.parametrize("strategy", sorted(p.stem for p in (REPO_ROOT / "conf" / "strategy").glob("*.yaml")))
