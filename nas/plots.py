@@ -302,3 +302,31 @@ def arch_weights_figure(records: list[dict]) -> Figure:
 def plot_arch_weights(jsonl_path: str | Path, png_path: str | Path) -> Path:
     """Draw the architecture-weight trajectories of a search's arch_weights.jsonl; returns the PNG path."""
     return _save(arch_weights_figure(read_arch_weights(jsonl_path)), png_path)
+
+
+# ---------------------------------------------------------------- Pareto fronts
+
+def pareto_figure(report: dict) -> Figure:
+    """Every feasible candidate an evolution scored (score against cost), the front joined by a line."""
+    score, cost = report["score"], report["cost"]
+    points = [e for e in report["evaluated"] if not e.get("violations") and score in e]
+    front = report["front"]
+    fig = Figure(figsize=(6.0, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter([p[cost] for p in points], [p[score] for p in points], s=14, color="0.6",
+               label=f"evaluated ({len(points)})")
+    ax.plot([p[cost] for p in front], [p[score] for p in front], "o-", color="C3", ms=5,
+            label=f"Pareto front ({len(front)})")
+    for key, limit in (report.get("constraints") or {}).items():
+        if {"latency_ms": "latency_ms", "gflops": "GFLOPs", "params_m": "params_M"}.get(key) == cost:
+            ax.axvline(limit, color="C0", ls="--", lw=1, label=f"limit {limit:g}")
+    unit = {"latency_ms": "latency (ms)", "GFLOPs": "GFLOPs", "params_M": "params (M)"}.get(cost, cost)
+    ax.set_xlabel(unit)
+    ax.set_ylabel(f"{score} (shared weights, held-out training images)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_pareto(report: dict, png_path: str | Path) -> Path:
+    return _save(pareto_figure(report), png_path)

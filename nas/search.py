@@ -62,7 +62,15 @@ def search(cfg: DictConfig) -> Path:
                            "data": data.name, "epochs": epochs, "steps_per_epoch": steps,
                            "config": OmegaConf.to_container(cfg, resolve=True),
                            "versions": {"torch": torch.__version__, "python": platform.python_version()}}
+    _plot_arch_weights(run_dir)
     return save(genotype, run_dir / "genotype.json")
+
+
+def _plot_arch_weights(run_dir: Path) -> None:
+    """arch_weights.png beside arch_weights.jsonl, for strategies with architecture weights."""
+    if (run_dir / "arch_weights.jsonl").exists():
+        from nas.plots import plot_arch_weights
+        plot_arch_weights(run_dir / "arch_weights.jsonl", run_dir / "arch_weights.png")
 
 
 def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dict:

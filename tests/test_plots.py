@@ -133,3 +133,18 @@ def test_unusable_jsonl_is_a_user_error(tmp_path, content):
     proc = subprocess.run(module_cmd("scripts.plot_alphas", str(tmp_path)), capture_output=True, text=True,
                           timeout=120, env=run_env(tmp_path), cwd=REPO_ROOT)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_pareto_plot_draws_the_front_and_every_feasible_point(tmp_path):
+    from nas.plots import pareto_figure, plot_pareto
+    evaluated = [{"AP": 0.1, "GFLOPs": 1.0, "violations": []}, {"AP": 0.3, "GFLOPs": 2.0, "violations": []},
+                 {"AP": 0.2, "GFLOPs": 3.0, "violations": []}, {"GFLOPs": 9.0, "violations": ["gflops"]}]
+    report = {"score": "AP", "cost": "GFLOPs", "constraints": {"gflops": 5.0},
+              "front": evaluated[:2], "evaluated": evaluated}
+    ax = pareto_figure(report).axes[0]
+    scatter, front_line = ax.collections[0], ax.lines[0]
+    assert len(scatter.get_offsets()) == 3  # the infeasible candidate is not drawn
+    assert list(front_line.get_xdata()) == [1.0, 2.0] and list(front_line.get_ydata()) == [0.1, 0.3]
+    assert any(list(line.get_xdata()) == [5.0, 5.0] for line in ax.lines[1:])  # the limit
+    png = plot_pareto(report, tmp_path / "p.png")
+    assert png.stat().st_size > 1000
