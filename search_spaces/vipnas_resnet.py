@@ -324,6 +324,18 @@ class ViPNASResNetSpace:
         stem = {"width": max(a["stem_width_choices"]), "kernel": max(a["kernel_choices"])}
         return {"stem": stem, "stages": stages, "head": self._pick_head(self.out_channels(stages[-1]), max, min)}
 
+    def smallest(self) -> Path:
+        """The cheapest member (the sandwich rule's lower end): min depth/width/kernel (/expansion),
+        most groups, the first attention choice."""
+        a = self.args
+        stages = []
+        for i in range(self.num_stages):
+            stage = {k: (v[0] if k == "attention" else min(v)) for k, v in self.stage_choices(i).items()}
+            stage["groups"] = max(self._groups_for(self.spatial_channels(stage), a["group_choices"]))
+            stages.append({k: stage[k] for k in self.stage_fields})
+        stem = {"width": min(a["stem_width_choices"]), "kernel": min(a["kernel_choices"])}
+        return {"stem": stem, "stages": stages, "head": self._pick_head(self.out_channels(stages[-1]), min, max)}
+
     def _pick_head(self, c_in: int, pick_width: Callable, pick_groups: Callable) -> dict[str, list[int]]:
         channels, groups = [], []
         for _ in range(self.num_deconv):

@@ -204,3 +204,16 @@ def test_validate_rejects_groups_that_do_not_divide_the_channels():
         space.validate(genotype)
     with pytest.raises(GenotypeError, match="genotype.stages' must list 3"):
         space.validate(Genotype(space="vipnas_mbv3", genotype={**genotype.genotype, "stages": []}))
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_smallest_and_largest_bound_every_sampled_member(name):
+    """Params grow with depth, width, kernel and expansion and shrink with groups. (Attention is
+    left out of the upper bound: an SE block can outweigh a GC block on wide layers.)"""
+    from estimators.complexity import count_params as params
+    space = build_space(name, {"attention_choices": ["none"]})
+    def size(path):
+        return params(space.build(Genotype(space=name, genotype=path, space_args=space.args)))
+    rng = random.Random(0)
+    for _ in range(10):
+        assert size(space.smallest()) <= params(space.build(space.sample(rng))) <= size(space.largest())
