@@ -10,11 +10,15 @@ refined step by step; a 1x1 head gives heatmaps at 1/4 of the input.
 Three cell types are searched, each with its own architecture weights: normal, reduce, fusion.
 Genotype: {"normal": [[op, input], ...2 per node], "reduce": [...], "fusion": [...]}, where
 input 0 and 1 are the cell's two input states and 2.. the cell's earlier nodes.
+
+Options of the supernet: PC-DARTS partial channels with edge normalisation (`partial_channels`,
+less search memory), and a path mode (`DartsSupernet.set_path`) that runs one member of the space
+through the shared weights at about the cost of the standalone network (weight-sharing search).
 """
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -67,44 +71,124 @@ class CellPoseNet(nn.Module):
             deeper = cell.out_channels
         self.head = HeatmapHead(deeper, num_keypoints)
 
-    def cell_weights(self, kind: str) -> torch.Tensor | None:
-        return None
+    def cell_args(self, kind: str) -> tuple[Any, ...]:
+        """What a cell of type `kind` gets besides its two input states (the supernet: weights)."""
+        return ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)  # (B, 2C, H/4, W/4)
         features = [s0] if self.taps[0] < 0 else []
         for i, (cell, kind) in enumerate(zip(self.cells, self.kinds)):
-            s0, s1 = s1, cell(s0, s1, self.cell_weights(kind))
+            s0, s1 = s1, cell(s0, s1, *self.cell_args(kind))
             if i in self.taps:
                 features.append(s1)
         out = features[-1]
         for cell, skip in zip(self.fusions, reversed(features[:-1])):
-            out = cell(skip, out, self.cell_weights("fusion"))
+            out = cell(skip, out, *self.cell_args("fusion"))
         return self.head(out)  # (B, K, H/4, W/4) heatmaps
 
 
 class DartsSupernet(CellPoseNet):
-    """Every op on every edge; architecture weights apart from the network weights."""
+    """Every op on every edge; architecture weights apart from the network weights.
+
+    `partial_channels=K` (> 1) turns on PC-DARTS: partial channels in every mixed op and, per cell
+    type, `betas` (one per edge) whose softmax over each node's incoming edges weights those edges.
+    None or 1 is plain DARTS (no betas).
+    """
 
     def __init__(self, c: int, layers: int, steps: int, reductions: int, num_keypoints: int,
-                 primitives: Sequence[str]):
+                 primitives: Sequence[str], partial_channels: int | None = None):
+        check_partial_channels(partial_channels, cell_channels(c, reductions))
+        partial = partial_channels if partial_channels is not None and partial_channels > 1 else None
+
         def make_cell(kind: str, c_pp: int, c_p: int, c_cur: int, red_prev: bool) -> nn.Module:
-            return SearchCell(kind, c_pp, c_p, c_cur, steps, red_prev, primitives)
+            return SearchCell(kind, c_pp, c_p, c_cur, steps, red_prev, primitives, partial)
         super().__init__(c, layers, steps, reductions, num_keypoints, make_cell, affine=False)
-        self.primitives = tuple(primitives)
+        self.primitives, self.steps, self.partial_channels = tuple(primitives), steps, partial
         shape = (num_edges(steps), len(primitives))
         self.alphas = nn.ParameterDict(
             {kind: nn.Parameter(1e-3 * torch.randn(shape)) for kind in CELL_TYPES})
+        self.betas = None if partial is None else nn.ParameterDict(
+            {kind: nn.Parameter(1e-3 * torch.randn(num_edges(steps))) for kind in CELL_TYPES})
+        self._path: dict[str, tuple[torch.Tensor, list[list[int]]]] | None = None
 
     def cell_weights(self, kind: str) -> torch.Tensor:
         return torch.softmax(self.alphas[kind], dim=-1)
 
+    def edge_weights(self, kind: str) -> torch.Tensor | None:
+        """(edges,) betas softmaxed over each node's incoming edges; None without partial channels."""
+        return None if self.betas is None else node_softmax(self.betas[kind], self.steps)
+
+    def cell_args(self, kind: str) -> tuple[Any, ...]:
+        if self._path is None:
+            return self.cell_weights(kind), self.edge_weights(kind)
+        onehot, active = self._path[kind]
+        like = self.alphas[kind]
+        if (onehot.device, onehot.dtype) != (like.device, like.dtype):  # moved once, not every step
+            onehot = onehot.to(like)
+            self._path[kind] = (onehot, active)
+        return onehot, None, active
+
+    def set_path(self, genotype: Genotype | None) -> None:
+        """Path mode: forward runs only the genotype's ops (weight 1 each; other ops and edges are
+        not computed; alphas and betas unused), so one step costs about what the standalone
+        network does. None restores the continuous relaxation."""
+        if genotype is None:
+            self._path = None
+            return
+        validate_cells(genotype.genotype, self.steps, self.primitives)
+        self._path = {}
+        for kind in CELL_TYPES:
+            onehot = path_weights(genotype.genotype[kind], self.primitives, self.steps)
+            active = [row.nonzero().flatten().tolist() for row in onehot]
+            self._path[kind] = (onehot, active)
+
+    def arch_weights(self) -> dict[str, torch.Tensor]:
+        """Detached CPU copies of what the relaxation uses: softmaxed alphas per cell type, shape
+        (edges, ops), and with partial channels the node-normalised betas as "beta_<kind>" (edges,)."""
+        out = {kind: torch.softmax(a.detach(), dim=-1).cpu() for kind, a in self.alphas.items()}
+        if self.betas is not None:
+            out.update({f"beta_{kind}": node_softmax(b.detach(), self.steps).cpu()
+                        for kind, b in self.betas.items()})
+        return out
+
     def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.alphas.values())
+        betas = [] if self.betas is None else list(self.betas.values())
+        return list(self.alphas.values()) + betas
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
+
+
+def node_softmax(betas: torch.Tensor, steps: int) -> torch.Tensor:
+    """(edges,) -> (edges,): softmax over each node's incoming edges (node i has 2 + i)."""
+    sizes = [2 + i for i in range(steps)]
+    return torch.cat([torch.softmax(b, dim=0) for b in torch.split(betas, sizes)])
+
+
+def path_weights(edges: Sequence[Sequence[Any]], primitives: Sequence[str], steps: int) -> torch.Tensor:
+    """(edges, ops) weights of one genotype cell: 1 for the chosen op on each chosen edge, else 0."""
+    weights = torch.zeros(num_edges(steps), len(primitives))
+    for n, (op, src) in enumerate(edges):
+        weights[num_edges(n // 2) + int(src), primitives.index(op)] += 1.0
+    return weights
+
+
+def cell_channels(c: int, reductions: int) -> list[int]:
+    """Channel counts of the searched cells: C doubles at each reduction; fusion cells reuse them."""
+    return [c * 2 ** r for r in range(reductions + 1)]
+
+
+def check_partial_channels(k: int | None, channels: Iterable[int]) -> None:
+    """Partial channels split every cell's C into K groups, so K must divide each C."""
+    channels = sorted(set(channels))
+    if k is None or (isinstance(k, int) and k >= 1 and all(c % k == 0 for c in channels)):
+        return
+    smallest = channels[0]
+    usable = [d for d in range(2, smallest + 1) if all(c % d == 0 for c in channels)]
+    raise ValueError(f"partial_channels={k} must divide every cell's channel count {channels}; "
+                     f"use one of {usable or 'none (init_channels has no divisor > 1)'} or null")
 
 
 class DartsCellsSpace:
@@ -119,7 +203,7 @@ class DartsCellsSpace:
     def __init__(self, init_channels: int = 8, layers: int = 4, steps: int = 3,
                  reductions: int = 2, num_keypoints: int = 17,
                  primitives: Sequence[str] = PRIMITIVES, retrain_channels: int | None = None,
-                 max_skips: int | None = None):
+                 max_skips: int | None = None, partial_channels: int | None = None):
         unknown = [p for p in primitives if p not in OPS]
         if unknown:
             raise ValueError(f"unknown primitives {unknown}; known ops: {', '.join(OPS)}")
@@ -130,13 +214,16 @@ class DartsCellsSpace:
         self.primitives = tuple(primitives)
         self.retrain_channels = retrain_channels
         self.max_skips = max_skips  # P-DARTS-style cap on skip_connect per decoded cell (None: no cap)
+        check_partial_channels(partial_channels, cell_channels(init_channels, reductions))
+        self.partial_channels = partial_channels  # a supernet option only: not in genotypes, not in build
 
     def _net_args(self) -> tuple[int, int, int, int, int]:
         a = self.args
         return a["init_channels"], a["layers"], a["steps"], a["reductions"], a["num_keypoints"]
 
     def supernet(self) -> DartsSupernet:
-        return DartsSupernet(*self._net_args(), primitives=self.primitives)
+        return DartsSupernet(*self._net_args(), primitives=self.primitives,
+                             partial_channels=self.partial_channels)
 
     def _genotype(self, cells: dict[str, list[Edge]], provenance: dict | None = None) -> Genotype:
         channels = self.retrain_channels or self.args["init_channels"]
@@ -146,10 +233,15 @@ class DartsCellsSpace:
                         provenance=provenance or {})
 
     def decode(self, supernet: DartsSupernet) -> Genotype:
-        """Top-2 incoming edges per node by their strongest non-`none` op, as in DARTS."""
+        """Top-2 incoming edges per node by their strongest non-`none` op, as in DARTS; with
+        partial channels each edge's op weights are first scaled by its normalised beta, as in
+        PC-DARTS, so the betas choose the inputs and the alphas the ops."""
         cells = {}
+        arch = supernet.arch_weights()
         for kind in CELL_TYPES:
-            weights = torch.softmax(supernet.alphas[kind].detach(), dim=-1).cpu()
+            weights = arch[kind]
+            if f"beta_{kind}" in arch:
+                weights = weights * arch[f"beta_{kind}"][:, None]
             edges = decode_cell(weights, self.primitives, self.args["steps"])
             if self.max_skips is not None:
                 edges = cap_skips(edges, weights, self.primitives, self.max_skips)
@@ -167,13 +259,7 @@ class DartsCellsSpace:
         return self._genotype(cells)
 
     def validate(self, genotype: Genotype) -> None:
-        cells = genotype.genotype
-        extra = sorted(set(cells) - set(CELL_TYPES))
-        if extra:
-            raise GenotypeError(f"field 'genotype' has unknown cell type(s) {extra}; "
-                                f"expected {list(CELL_TYPES)}")
-        for kind in CELL_TYPES:
-            validate_cell(cells.get(kind), kind, self.args["steps"], self.primitives)
+        validate_cells(genotype.genotype, self.args["steps"], self.primitives)
 
     def build(self, genotype: Genotype) -> CellPoseNet:
         self.validate(genotype)
@@ -214,6 +300,16 @@ def cap_skips(edges: list[Edge], weights: torch.Tensor, primitives: Sequence[str
         best = max(others, key=lambda k: float(weights[rows[n], k]))
         edges[n] = (primitives[best], edges[n][1])
     return edges
+
+
+def validate_cells(cells: dict, steps: int, primitives: Sequence[str]) -> None:
+    """A genotype's cells: exactly the three cell types, each valid (GenotypeError naming the field)."""
+    extra = sorted(set(cells) - set(CELL_TYPES))
+    if extra:
+        raise GenotypeError(f"field 'genotype' has unknown cell type(s) {extra}; "
+                            f"expected {list(CELL_TYPES)}")
+    for kind in CELL_TYPES:
+        validate_cell(cells.get(kind), kind, steps, primitives)
 
 
 def validate_cell(edges: object, kind: str, steps: int, primitives: Sequence[str]) -> None:
