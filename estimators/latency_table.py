@@ -133,7 +133,11 @@ class LatencyTable:
         """Estimated against measured latency of `models`: share within +-tolerance, Kendall tau."""
         from scipy.stats import kendalltau
         measured = [self.measure(m) for m in models]
-        estimated = [self.estimate(m) for m in models]
+        estimated, covered = [], []
+        for m in models:
+            before = self.missing
+            estimated.append(self.estimate(m))
+            covered.append(self.missing == before)  # every block came from the table
         errors = [(e - m) / m for e, m in zip(estimated, measured)]
         tau = kendalltau(measured, estimated).statistic if len(models) > 1 else float("nan")
         self.accuracy = {"networks": len(models), "tolerance": tolerance,
@@ -141,6 +145,9 @@ class LatencyTable:
                          "kendall_tau": float(tau),
                          "mean_abs_error": statistics.fmean(abs(x) for x in errors) if errors else 0.0,
                          "max_abs_error": max((abs(x) for x in errors), default=0.0),
+                         "fully_covered": sum(covered),
+                         "within_fully_covered": sum(abs(x) <= tolerance for x, c in zip(errors, covered) if c)
+                         / max(sum(covered), 1),
                          "measured_ms": measured, "estimated_ms": estimated}
         return self.accuracy
 
