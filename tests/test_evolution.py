@@ -125,3 +125,23 @@ def test_mutation_and_crossover_give_valid_children_made_of_parent_genes():
     space.validate(mixed)
     for (path, value), (_, va), (_, vb) in zip(leaves(mixed.genotype), leaves(a.genotype), leaves(b.genotype)):
         assert value in (va, vb), path
+
+
+def test_sandwich_rule_trains_the_largest_smallest_and_random_paths_of_a_real_supernet():
+    """On the real vipnas_mbv3 supernet: one sandwich step sets 2 + sandwich_random paths, the
+    largest and smallest first, and the blocks only the largest path reaches get gradients."""
+    space = build_space("vipnas_mbv3", {})
+    supernet = space.supernet()
+    seen = []
+    original = supernet.set_path
+    supernet.set_path = lambda g: (seen.append(g), original(g))[1]
+    strategy = Evolution(space=space, supernet=supernet, criterion=KeypointMSELoss(),
+                         optimizer=functools.partial(torch.optim.SGD, lr=0.0), epochs=1, steps_per_epoch=1,
+                         accuracy=_score, input_size=(32, 24), sampling="sandwich", sandwich_random=2,
+                         population=2, parents=1, generations=0)
+    batch = _batch()
+    strategy.step(batch, batch)
+    assert seen[0] == space.largest() and seen[1] == space.smallest() and len(seen) == 5 and seen[-1] is None
+    # the largest path uses the deepest blocks of every stage: each of them has a gradient
+    last_blocks = [stage[-1] for stage in supernet.stages]
+    assert all(any(p.grad is not None and p.grad.abs().sum() > 0 for p in b.parameters()) for b in last_blocks)
