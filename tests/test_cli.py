@@ -13,7 +13,8 @@ import torch
 from tests.helpers import REPO_ROOT, TINY_DATA, TINY_SPACE, module_cmd, run_env
 
 pytestmark = pytest.mark.slow
-SEARCH = [*TINY_DATA, *TINY_SPACE, "batch_size=4", "strategy.warmup_epochs=0"]
+SEARCH_ANY = [*TINY_DATA, *TINY_SPACE, "batch_size=4"]  # for any strategy
+SEARCH = [*SEARCH_ANY, "strategy.warmup_epochs=0"]  # DARTS: the architecture moves from the first step
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +255,8 @@ def test_unreadable_val_image_is_a_one_line_error_naming_it(tmp_path):
 
 # Strategies whose budget is not epochs x steps get their own tiny settings here (optional: a strategy
 # without an entry still runs, at its default budget).
-TINY_STRATEGY = {"random": ["strategy.num_samples=2", "strategy.steps_per_candidate=1"],
+TINY_STRATEGY = {"darts": ["strategy.warmup_epochs=0"], "darts_second_order": ["strategy.warmup_epochs=0"],
+                 "random": ["strategy.num_samples=2", "strategy.steps_per_candidate=1"],
                  "random_weight_sharing": ["strategy.num_samples=2", "strategy.supernet_steps=2"],
                  "evolution": ["strategy.supernet_steps=1", "strategy.population=2", "strategy.parents=1",
                                "strategy.generations=1", "strategy.mutations=1", "strategy.crossovers=1"]}
@@ -262,8 +264,8 @@ TINY_STRATEGY = {"random": ["strategy.num_samples=2", "strategy.steps_per_candid
 
 @pytest.mark.parametrize("strategy", sorted(p.stem for p in (REPO_ROOT / "conf" / "strategy").glob("*.yaml")))
 def test_every_strategy_config_runs_a_search(cache, tmp_path, strategy):
-    proc = _search(cache, tmp_path / strategy, f"strategy={strategy}", "epochs=1", "max_steps_per_epoch=1",
-                   *TINY_STRATEGY.get(strategy, []))
+    proc = _run(cache, "nas.search", *SEARCH_ANY, f"run_dir={tmp_path / strategy}", f"strategy={strategy}",
+                "epochs=1", "max_steps_per_epoch=1", *TINY_STRATEGY.get(strategy, []))
     assert proc.returncode == 0, proc.stderr[-3000:]
     provenance = json.loads((tmp_path / strategy / "genotype.json").read_text())["provenance"]
     assert provenance["strategy"] == strategy
