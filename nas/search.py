@@ -77,10 +77,11 @@ def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dic
     """What a strategy takes beyond batches, given only to those whose constructor names it: `accuracy`
     (the held-out pose-accuracy estimator that scores candidates), `seed`, `run_dir`, `input_size`."""
     params = inspect.signature(get_class(cfg.strategy._target_)).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     offered = {"seed": cfg.seed, "run_dir": str(HydraConfig.get().runtime.output_dir),
                "input_size": tuple(data.input_size)}
-    extras = {k: v for k, v in offered.items() if k in params}
-    if "accuracy" in params:
+    extras = {k: v for k, v in offered.items() if k in params or takes_all}
+    if "accuracy" in params or takes_all:
         extras["accuracy"] = HeldOutPoseAccuracy(arch_set, device, data.flip_pairs, cfg.score_images,
                                                  cfg.seed, calibration=weight_set)
         log.info("candidates are scored on %d people in %d held-out training images",

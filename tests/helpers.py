@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from nas.pose.loss import KeypointMSELoss
+from strategies.evolution import Evolution
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,3 +42,18 @@ class NaNAfter(nn.Module):
         self.calls += 1
         loss = self.loss(pred, target, weight)
         return loss * float("nan") if self.calls > self.after else loss
+
+
+
+class EvolutionKilledAt(Evolution):
+    """The evolution strategy, but its process SIGKILLs itself when epoch `kill_at` ends, before that
+    epoch's checkpoint: a kill at an exact point of the search, without timing races."""
+
+    def __init__(self, kill_at: int, **kwargs):
+        super().__init__(**kwargs)
+        self.kill_at = kill_at
+
+    def end_epoch(self):
+        if self.epoch == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().end_epoch()

@@ -312,3 +312,25 @@ def test_early_stop_when_skips_rise(monkeypatch):
                          Path(tmp), None, stop_on_skip_rise=True)
         epochs = [json.loads(line)["epoch"] for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     assert out.genotype["tag"] == [2] and epochs == [0, 1, 2]
+
+
+def test_evolution_killed_between_generations_resumes_to_the_same_result(cache, tmp_path):
+    """Killed (SIGKILL, from inside the process) after the first generation's checkpoint; resumed, it
+    evaluates the same candidates and returns the same genotype as an uninterrupted search."""
+    tiny = [*TINY_DATA, "batch_size=4", "search_space=vipnas_mbv3", "strategy=evolution",
+            "epochs=1", "strategy.supernet_steps=2", "strategy.population=3", "strategy.parents=2",
+            "strategy.generations=3", "strategy.mutations=2", "strategy.crossovers=1",
+            "strategy.constraints.gflops=0.01"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _run(cache, "nas.search", *tiny, f"run_dir={full}").returncode == 0
+    proc = _run(cache, "nas.search", *tiny, f"run_dir={killed}", "+strategy.kill_at=3",
+                "strategy._target_=tests.helpers.EvolutionKilledAt")
+    assert proc.returncode == -signal.SIGKILL and not (killed / "genotype.json").exists()
+    assert torch.load(killed / "last.pt", weights_only=True)["epoch"] == 2  # training, population, generation 1
+    resumed = _run(cache, "nas.search", *tiny, f"run_dir={killed}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (json.loads((killed / "genotype.json").read_text())["genotype"]
+            == json.loads((full / "genotype.json").read_text())["genotype"])
+    evaluated = [json.loads((d / "pareto.json").read_text())["evaluated"] for d in (full, killed)]
+    assert [e["genotype"] for e in evaluated[0]] == [e["genotype"] for e in evaluated[1]]
+    assert [e.get("AP") for e in evaluated[0]] == [e.get("AP") for e in evaluated[1]]
