@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from search_spaces.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticViPNASHead, attention
-from search_spaces.vipnas_resnet import (ATTENTIONS, ElasticPoseNet, ElasticStem, Path, PoseNet, Stem,
-                                         ViPNASResNetSpace, _ints)
+from search_spaces.vipnas_nets import ElasticPoseNet, ElasticStem, Path, PoseNet, Stem
+from search_spaces.vipnas_resnet import ATTENTIONS, ViPNASResNetSpace, _ints
 
 ACTIVATIONS = {"relu": nn.ReLU, "hswish": nn.Hardswish}
 
