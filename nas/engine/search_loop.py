@@ -6,7 +6,6 @@ remaining epochs exactly as an uninterrupted run would (same machine, same seed)
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from nas.data.bad_images import BadImageMonitor
 from nas.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nas.engine.runtime import MetricsLog, format_eta, forever, log, to_device
 from nas.genotype import Genotype
-from nas.utils.io import atomic_write_text
 
 
 def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_loader, epochs: int,
@@ -40,6 +38,8 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
     if stopped:
         return Genotype.from_dict(kept)
     metrics = MetricsLog(run_dir / "metrics.jsonl", keep_before_epoch=start)
+    arch_log = MetricsLog(run_dir / "arch_weights.jsonl", keep_before_epoch=start) \
+        if hasattr(supernet, "arch_weights") else None  # softmaxed weights per epoch, for plots
     steps = len(train_loader) if steps_per_epoch is None else steps_per_epoch
     started = time.time()
     for epoch in range(start, epochs):
@@ -48,7 +48,8 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
         summary = _epoch(strategy, train_loader, arch_loader, n_steps, device, epoch, epochs, bad_images)
         summary.update(strategy.end_epoch())  # before result(): a strategy may rank candidates here
         genotype = strategy.result()
-        save_arch_weights(supernet, run_dir / "arch_weights.jsonl", epoch)
+        if arch_log is not None:
+            arch_log.write(arch_weights_record(supernet, epoch))
         skips = count_op(genotype.genotype, "skip_connect")
         stopped = stop_on_skip_rise and bool(skips_seen) and skips > skips_seen[-1]
         skips_seen.append(skips)
@@ -76,16 +77,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.6f}"
 
 
-def save_arch_weights(supernet: torch.nn.Module, path: Path, epoch: int) -> None:
-    """Append the supernet's softmaxed architecture weights of this epoch (for trajectory plots);
-    the file is cut back to the epochs before `epoch` first, so a resumed run does not repeat lines."""
-    if not hasattr(supernet, "arch_weights"):
-        return
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = [line for line in lines if json.loads(line)["epoch"] < epoch]
+def arch_weights_record(supernet: torch.nn.Module, epoch: int) -> dict:
+    """The supernet's softmaxed architecture weights of this epoch, as plain lists."""
     weights = {name: w.tolist() for name, w in supernet.arch_weights().items()}
-    record = {"epoch": epoch, "primitives": list(getattr(supernet, "primitives", ())), "weights": weights}
-    atomic_write_text(path, "".join(line + "\n" for line in kept) + json.dumps(record) + "\n")
+    return {"epoch": epoch, "primitives": list(getattr(supernet, "primitives", ())), "weights": weights}
 
 
 def count_op(tree: Any, name: str) -> int:
