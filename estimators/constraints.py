@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from estimators.complexity import count_gflops, count_params
 from nas.errors import UserError
 from nas.genotype import Genotype
@@ -30,9 +32,10 @@ class CandidateCost:
         self.device, self.threads, self.runs, self.table = device, threads, latency_runs, table
         self.with_latency = latency_ms is not None or table is not None
 
-    def measured_latency(self, genotype: Genotype) -> float:
+    def measured_latency(self, genotype: Genotype, net: torch.nn.Module | None = None) -> float:
+        """Median batch-1 latency of the genotype's standalone network (`net`, when already built)."""
         from estimators.latency import measure_latency
-        net = self.space.build(genotype)
+        net = self.space.build(genotype) if net is None else net
         return float(measure_latency(net, self.input_size, self.device, runs=self.runs,
                                      warmup=max(2, self.runs // 4), threads=self.threads)["median_ms"])
 
@@ -43,7 +46,7 @@ class CandidateCost:
             if self.table is not None:
                 out["latency_ms"] = float(self.table.estimate(net, self.input_size))
             else:
-                out["latency_ms"] = self.measured_latency(genotype)
+                out["latency_ms"] = self.measured_latency(genotype, net)
         return out
 
     def violations(self, costs: dict[str, float]) -> list[str]:

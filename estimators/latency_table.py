@@ -119,10 +119,11 @@ class LatencyTable:
         """Time every block of `models` not yet in the table, then the constant from their whole runs."""
         gaps = []
         for model in models:
-            for key, block, shape in block_inputs(model, self.input_size):
+            calls = block_inputs(model, self.input_size)
+            for key, block, shape in calls:
                 if key not in self.blocks:
                     self.add(key, block, shape)
-            gaps.append(self.measure(model) - self.block_sum(model))
+            gaps.append(self.measure(model) - sum(self.blocks[key]["ms"] for key, _, _ in calls))
         self.constant_ms = statistics.median(gaps) if gaps else 0.0
 
     def measure(self, model: nn.Module) -> float:
