@@ -21,6 +21,8 @@ take over its weights (`inherit_weights`). The attention blocks (SE, GC) come in
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -277,3 +279,9 @@ def attention(kind: str, channels: int, elastic: bool, se_ratio: int, se_gate: s
     if kind == "gc":
         return (ElasticGlobalContext if elastic else GlobalContext)(channels)
     raise ValueError(f"unknown attention {kind!r}; known: none, se, gc")
+
+
+def attention_dict(kinds: Sequence[str], channels: int, elastic: bool, se_gate: str) -> nn.ModuleDict:
+    """One attention block per kind other than 'none' (SE squeezes by 4), keyed by kind."""
+    return nn.ModuleDict({k: attention(k, channels, elastic, se_ratio=4, se_gate=se_gate)
+                          for k in kinds if k != "none"})

@@ -25,20 +25,16 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from search_spaces.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticViPNASHead, attention
+from search_spaces.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticViPNASHead, attention_dict
 from search_spaces.vipnas_nets import ElasticPoseNet, ElasticStem, Path, PoseNet, Stem
 from search_spaces.vipnas_resnet import ATTENTIONS, ViPNASResNetSpace, _ints
 
+SE_GATE = "hsigmoid"  # MobileNetV3 SE blocks gate with a hard sigmoid
 ACTIVATIONS = {"relu": nn.ReLU, "hswish": nn.Hardswish}
 
 
 def _act(name: str) -> nn.Module:
     return ACTIVATIONS[name](inplace=True)
-
-
-def _attention_dict(kinds: Sequence[str], channels: int, elastic: bool) -> nn.ModuleDict:
-    return nn.ModuleDict({k: attention(k, channels, elastic, se_ratio=4, se_gate="hsigmoid")
-                          for k in kinds if k != "none"})
 
 
 class InvertedResidual(nn.Module):
@@ -52,7 +48,7 @@ class InvertedResidual(nn.Module):
         self.expand_conv, self.expand_bn = nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid)
         self.dw_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=groups, bias=False)
         self.dw_bn, self.act = nn.BatchNorm2d(mid), _act(act)
-        self.attention = _attention_dict([attention_kind], mid, elastic=False)
+        self.attention = attention_dict([attention_kind], mid, elastic=False, se_gate=SE_GATE)
         self.project_conv, self.project_bn = nn.Conv2d(mid, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
         self.project_act = _act(act) if project_act else nn.Identity()
         self.residual = stride == 1 and c_in == c_out
@@ -74,7 +70,7 @@ class ElasticInvertedResidual(nn.Module):
         self.expand_conv, self.expand_bn = ElasticConv2d(c_in_max, mid_max, 1), ElasticBatchNorm2d(mid_max)
         self.dw_conv = ElasticConv2d(mid_max, mid_max, kernel_max, stride)
         self.dw_bn, self.act = ElasticBatchNorm2d(mid_max), _act(act)
-        self.attention = _attention_dict(attention_kinds, mid_max, elastic=True)
+        self.attention = attention_dict(attention_kinds, mid_max, elastic=True, se_gate=SE_GATE)
         self.project_conv, self.project_bn = ElasticConv2d(mid_max, c_out_max, 1), ElasticBatchNorm2d(c_out_max)
         self.project_act = _act(act) if project_act else nn.Identity()
 

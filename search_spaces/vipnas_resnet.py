@@ -38,19 +38,15 @@ from torch import nn
 
 from nas.genotype import Genotype, GenotypeError
 from nas.pose.vipnas_head import ViPNASHead
-from search_spaces.elastic import (ElasticBatchNorm2d, ElasticConv2d, ElasticViPNASHead, attention,
+from search_spaces.elastic import (ElasticBatchNorm2d, ElasticConv2d, ElasticViPNASHead, attention_dict,
                                    inherit_weights)
 from search_spaces.vipnas_nets import ElasticPoseNet, ElasticStem, Path, PoseNet, Stem
 
 ATTENTIONS = ("none", "se", "gc")
+SE_GATE = "sigmoid"  # the ResNet family's SE blocks gate with a sigmoid
 
 
 # ---- the ResNet family's block -----------------------------------------------------------------
-
-def _attention_dict(kinds: Sequence[str], channels: int, elastic: bool) -> nn.ModuleDict:
-    return nn.ModuleDict({k: attention(k, channels, elastic, se_ratio=4, se_gate="sigmoid")
-                          for k in kinds if k != "none"})
-
 
 class Bottleneck(nn.Module):
     """1x1 -> k x k (grouped, strided) -> 1x1, attention, residual (projected when shapes change)."""
@@ -65,7 +61,7 @@ class Bottleneck(nn.Module):
         self.conv2 = nn.Conv2d(width, width, kernel, stride, kernel // 2, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3, self.bn3 = nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
-        self.attention = _attention_dict([attention_kind], c_out, elastic=False)
+        self.attention = attention_dict([attention_kind], c_out, elastic=False, se_gate=SE_GATE)
         self.down = None
         if stride != 1 or c_in != c_out:
             self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
@@ -90,7 +86,7 @@ class ElasticBottleneck(nn.Module):
         self.conv1, self.bn1 = ElasticConv2d(c_in_max, width_max, 1), ElasticBatchNorm2d(width_max)
         self.conv2, self.bn2 = ElasticConv2d(width_max, width_max, kernel_max, stride), ElasticBatchNorm2d(width_max)
         self.conv3, self.bn3 = ElasticConv2d(width_max, c_out, 1), ElasticBatchNorm2d(c_out)
-        self.attention = _attention_dict(attention_kinds, c_out, elastic=True)
+        self.attention = attention_dict(attention_kinds, c_out, elastic=True, se_gate=SE_GATE)
         self.down = nn.ModuleList([ElasticConv2d(c_in_max, c_out, 1, stride), ElasticBatchNorm2d(c_out)]) \
             if first else None
         self.relu = nn.ReLU(inplace=True)
