@@ -227,12 +227,17 @@ def test_retrain_and_evaluate_on_mpii_report_pckh(tmp_path):
     assert scores["PCKh"] == pytest.approx(results["PCKh"])
 
 
-def test_retrain_aborts_on_unreadable_training_images_in_one_line(tmp_path):
+def _retrain_with_a_corrupt_image(tmp_path: Path, max_bad_fraction: float) -> subprocess.CompletedProcess:
+    """Retrain the weak genotype on 4 written COCO images, the second one corrupt (train and val)."""
     from tests.test_bad_input import _pose, write_coco
     root = write_coco(tmp_path, [_pose(i) for i in range(4)], corrupt=(1,))
-    proc = _run(tmp_path, "nas.retrain", "genotypes/weak_plain_conv.json", "data=coco", f"data.root={root}",
+    return _run(tmp_path, "nas.retrain", "genotypes/weak_plain_conv.json", "data=coco", f"data.root={root}",
                 "data.input_size=[64,48]", "data.heatmap_size=[16,12]", "num_workers=0", "epochs=1",
-                "batch_size=2", "data.max_bad_fraction=0", f"run_dir={tmp_path / 'r'}")
+                "batch_size=2", f"data.max_bad_fraction={max_bad_fraction}", f"run_dir={tmp_path / 'r'}")
+
+
+def test_retrain_aborts_on_unreadable_training_images_in_one_line(tmp_path):
+    proc = _retrain_with_a_corrupt_image(tmp_path, 0)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "000000000002.jpg" in last and "max_bad_fraction" in last
@@ -241,11 +246,7 @@ def test_retrain_aborts_on_unreadable_training_images_in_one_line(tmp_path):
 
 def test_unreadable_val_image_is_a_one_line_error_naming_it(tmp_path):
     """Training skips the corrupt image (1 of 4 <= 0.5), evaluation cannot: exit 2, one line, the file."""
-    from tests.test_bad_input import _pose, write_coco
-    root = write_coco(tmp_path, [_pose(i) for i in range(4)], corrupt=(1,))
-    proc = _run(tmp_path, "nas.retrain", "genotypes/weak_plain_conv.json", "data=coco", f"data.root={root}",
-                "data.input_size=[64,48]", "data.heatmap_size=[16,12]", "num_workers=0", "epochs=1",
-                "batch_size=2", "data.max_bad_fraction=0.5", f"run_dir={tmp_path / 'r'}")
+    proc = _retrain_with_a_corrupt_image(tmp_path, 0.5)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "skipped unreadable training image" in proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

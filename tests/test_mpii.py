@@ -93,23 +93,30 @@ def _person(image: str, center, scale, joints: dict[int, tuple[float, float]]) -
             "joints_vis": [1 if j in joints else 0 for j in range(16)]}
 
 
-def test_pckh_fallback_is_flagged_and_uses_the_head_segment(tmp_path):
-    # Person A: upper_neck (101, 101), head_top (101, 51) -> head segment 50 px = the head size; the
-    # bound at 0.5 is 25 px. Its 14 mean joints are visible (json coords are 1-based).
-    # Predictions (0-based): exact, except r_knee off by 24 (hit) and l_knee off by 26 (miss) -> 13/14.
-    # (0.6 x sqrt(2) x 50 = 42.4, a square head box's rule, would make both misses: 12/14.)
-    # Person B lacks head_top: no head size, left out (counted in people_without_head_size).
+def _fallback_people(tmp_path: Path) -> np.ndarray:
+    """Writes people A and B of the test below to annot/valid.json; returns A's predictions (16, 2)."""
     joints_a = {j: (101.0 + 10 * j, 151.0) for j in MEAN_ORDER}
     joints_a[8], joints_a[9] = (101.0, 101.0), (101.0, 51.0)
     joints_b = {j: (50.0, 50.0) for j in MEAN_ORDER if j != 9}
     (tmp_path / "annot").mkdir()
     people = [_person("a.jpg", (100, 100), 1.0, joints_a), _person("a.jpg", (50, 50), 1.0, joints_b)]
     (tmp_path / "annot" / "valid.json").write_text(json.dumps(people))
-    preds = np.zeros((2, 16, 2))
+    pred_a = np.zeros((16, 2))
     for j, (x, y) in joints_a.items():
-        preds[0, j] = (x - 1.0, y - 1.0)
-    preds[0, 1, 0] += 24.0
-    preds[0, 4, 1] += 26.0
+        pred_a[j] = (x - 1.0, y - 1.0)
+    pred_a[1, 0] += 24.0  # r_knee: hit (bound 25 px)
+    pred_a[4, 1] += 26.0  # l_knee: miss
+    return pred_a
+
+
+def test_pckh_fallback_is_flagged_and_uses_the_head_segment(tmp_path):
+    # Person A: upper_neck (101, 101), head_top (101, 51) -> head segment 50 px = the head size; the
+    # bound at 0.5 is 25 px. Its 14 mean joints are visible (json coords are 1-based).
+    # Predictions (0-based): exact, except r_knee off by 24 (hit) and l_knee off by 26 (miss) -> 13/14.
+    # (0.6 x sqrt(2) x 50 = 42.4, a square head box's rule, would make both misses: 12/14.)
+    # Person B lacks head_top: no head size, left out (counted in people_without_head_size).
+    preds = np.zeros((2, 16, 2))
+    preds[0] = _fallback_people(tmp_path)
     with pytest.warns(UserWarning, match="not found"):
         result = evaluate_mpii(preds, tmp_path, "valid")
     assert result["head_size_source"] == SOURCE_FALLBACK
@@ -204,17 +211,7 @@ def test_mpii_config_builds_pose_data(tmp_path):
 # ---------------------------------------------------------------- the dataset's metric hook
 def _fallback_example(tmp_path: Path) -> tuple[MpiiTopDown, np.ndarray]:
     """The people of the fallback test above as a dataset, and person A's predictions (13/14 hits)."""
-    joints_a = {j: (101.0 + 10 * j, 151.0) for j in MEAN_ORDER}
-    joints_a[8], joints_a[9] = (101.0, 101.0), (101.0, 51.0)
-    joints_b = {j: (50.0, 50.0) for j in MEAN_ORDER if j != 9}
-    (tmp_path / "annot").mkdir()
-    people = [_person("a.jpg", (100, 100), 1.0, joints_a), _person("a.jpg", (50, 50), 1.0, joints_b)]
-    (tmp_path / "annot" / "valid.json").write_text(json.dumps(people))
-    pred_a = np.zeros((16, 2))
-    for j, (x, y) in joints_a.items():
-        pred_a[j] = (x - 1.0, y - 1.0)
-    pred_a[1, 0] += 24.0  # r_knee: hit (bound 25 px)
-    pred_a[4, 1] += 26.0  # l_knee: miss
+    pred_a = _fallback_people(tmp_path)
     return MpiiTopDown(tmp_path, "valid"), pred_a
 
 
