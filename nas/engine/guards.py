@@ -1,19 +1,52 @@
-"""Stop a run on a non-finite loss before the bad step touches the weights."""
+"""Stop a run on a non-finite loss or gradient before the bad step touches the weights.
+
+Every optimizer step in the project goes through `check_finite` (the loss) and `check_finite_grads`
+(the gradients that step is about to apply): a finite loss can still give a NaN/inf gradient, and
+`clip_grad_norm_` would then spread it over every weight and the next checkpoint would hold NaNs.
+Raising before the step keeps the weights and the last checkpoint on disk intact; the entry points
+turn the error into exit status 3.
+"""
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint on disk is the last good state."""
+    """The loss or a gradient became NaN or infinite; the last checkpoint on disk is the last good state."""
+
+
+def _stop(what: str, value: float, step: int) -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f"{what} is {value} at step {step}. The weights were not updated and the last "
+        "checkpoint is intact; lower the learning rate or check the data, then resume.")
 
 
 def check_finite(loss: torch.Tensor, what: str, step: int) -> float:
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise NonFiniteLossError(
-            f"{what} is {value} at step {step}. The weights were not updated and the last "
-            "checkpoint is intact; lower the learning rate or check the data, then resume.")
+        raise _stop(what, value, step)
     return value
+
+
+def check_finite_grads(params: Iterable[torch.Tensor], what: str, step: int) -> None:
+    """Raise if any gradient of `params` (those that have one) holds a NaN or an inf.
+
+    One fused reduction: the sum of all gradient norms is non-finite exactly when one element is.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    total = torch.stack([torch.linalg.vector_norm(g.detach(), dtype=torch.float32) for g in grads]).sum()
+    if not torch.isfinite(total):
+        raise _stop(f"a gradient of the {what}", float(total), step)
+
+
+def check_finite_tensors(tensors: Iterable[torch.Tensor], what: str, step: int) -> None:
+    """Raise if any of `tensors` (e.g. gradients from `torch.autograd.grad`, or the architecture
+    parameters after a step) holds a NaN or an inf."""
+    for t in tensors:
+        if t is not None and not bool(torch.isfinite(t.detach()).all()):
+            raise _stop(what, float("nan"), step)
