@@ -172,7 +172,7 @@ class LatencyTable:
             have = [f"{d} {r}" for d, rs in data["devices"].items() for r in rs]
             raise UserError(f"latency table {path} has no entry for device {device!r} at "
                             f"{_res(input_size)} (it has: {', '.join(have) or 'nothing'}); build one with "
-                            "python -m scripts.latency_table, or constrain FLOPs/params instead")
+                            "python -m nas.tools.latency_table, or constrain FLOPs/params instead")
         entry = tables[_res(input_size)]
         table = cls(device, input_size, entry.get("threads"), entry["blocks"], entry["constant_ms"],
                     entry.get("runs", 30))

@@ -13,7 +13,7 @@ from matplotlib.text import Annotation
 from nas.genotype import load
 from nas.plots import EDGE_GID, LABEL_GID, arch_weights_figure, cells_figure, plot_arch_weights, plot_cells
 from nas.plots import read_arch_weights
-from scripts import plot_genotype
+from nas.tools import plot_genotype
 from tests.helpers import REPO_ROOT, module_cmd, run_env
 
 DARTS = REPO_ROOT / "genotypes" / "darts_cells_synthetic_seed0.json"
@@ -77,7 +77,7 @@ def test_plot_genotype_script_default_output_beside_the_genotype(tmp_path):
 
 def test_plot_genotype_refuses_a_space_without_cells(tmp_path):
     out = tmp_path / "x.png"
-    proc = subprocess.run(module_cmd("scripts.plot_genotype", str(PLAIN), "--out", str(out)), capture_output=True,
+    proc = subprocess.run(module_cmd("nas.tools.plot_genotype", str(PLAIN), "--out", str(out)), capture_output=True,
                           text=True, timeout=120, env=run_env(tmp_path), cwd=REPO_ROOT)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -121,7 +121,7 @@ def test_plot_arch_weights_draws_every_op_of_every_edge(tmp_path):
 
 def test_plot_alphas_cli_takes_a_run_directory(tmp_path):
     _fake_jsonl(tmp_path / "arch_weights.jsonl", epochs=2, edges=5, beta=False)
-    proc = subprocess.run(module_cmd("scripts.plot_alphas", str(tmp_path)), capture_output=True, text=True,
+    proc = subprocess.run(module_cmd("nas.tools.plot_alphas", str(tmp_path)), capture_output=True, text=True,
                           timeout=120, env=run_env(tmp_path), cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr
     assert _non_white_fraction(tmp_path / "arch_weights.png")[0] > 0.01
@@ -130,7 +130,7 @@ def test_plot_alphas_cli_takes_a_run_directory(tmp_path):
 @pytest.mark.parametrize("content", ["", "not json\n{}\n"])
 def test_unusable_jsonl_is_a_user_error(tmp_path, content):
     (tmp_path / "arch_weights.jsonl").write_text(content)
-    proc = subprocess.run(module_cmd("scripts.plot_alphas", str(tmp_path)), capture_output=True, text=True,
+    proc = subprocess.run(module_cmd("nas.tools.plot_alphas", str(tmp_path)), capture_output=True, text=True,
                           timeout=120, env=run_env(tmp_path), cwd=REPO_ROOT)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 

@@ -1,6 +1,6 @@
 """Time and memory of one DARTS search step: first vs second order, full vs partial channels.
 
-    python -m scripts.bench_search [--input H W] [--batch B] [--steps N] [--device cpu|cuda] ...
+    python -m nas.tools.bench_search [--input H W] [--batch B] [--steps N] [--device cpu|cuda] ...
 
 Each configuration runs the real supernet of the darts_cells space and the real
 `strategies.darts.Darts` strategy (warmup_epochs=0, so every step has its architecture step and its
@@ -179,7 +179,7 @@ def run_config(name: str, argv: list[str], device: str) -> dict:
     modes = {"time": {}, "memory": {"MALLOC_MMAP_THRESHOLD_": "4096"}}
     result: dict = {}
     for mode, extra_env in (modes.items() if device == "cpu" else [("time", {})]):
-        proc = subprocess.run([sys.executable, "-m", "scripts.bench_search", *argv, "--child", name,
+        proc = subprocess.run([sys.executable, "-m", "nas.tools.bench_search", *argv, "--child", name,
                                "--measure", mode], capture_output=True, text=True,
                               env={**os.environ, **extra_env})
         if proc.returncode != 0:

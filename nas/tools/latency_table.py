@@ -1,6 +1,6 @@
 """Build a latency lookup table for a search space on this machine, and report its accuracy.
 
-    python -m scripts.latency_table --space vipnas_mbv3 --device cpu --threads 1 \\
+    python -m nas.tools.latency_table --space vipnas_mbv3 --device cpu --threads 1 \\
         --samples 30 --report 50 --out latency_tables/cpu.json
 
 Times every block of `--samples` random members of the space (batch 1, at `--input`), sets the

@@ -1,7 +1,7 @@
 """Draw the architecture-weight trajectories of a search (one panel per cell edge, a line per op).
 
-    python -m scripts.plot_alphas RUN_DIR [--out alphas.png]
-    python -m scripts.plot_alphas RUN_DIR/arch_weights.jsonl
+    python -m nas.tools.plot_alphas RUN_DIR [--out alphas.png]
+    python -m nas.tools.plot_alphas RUN_DIR/arch_weights.jsonl
 
 Reads <run_dir>/arch_weights.jsonl (one JSON object per epoch, written by the search); works on a
 search that is still running. Default output: arch_weights.png beside the jsonl.

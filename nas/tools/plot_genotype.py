@@ -1,6 +1,6 @@
 """Draw the cells of a genotype (normal, reduce, fusion for darts_cells) into one PNG.
 
-    python -m scripts.plot_genotype genotypes/darts_cells_synthetic_seed0.json [--out cells.png]
+    python -m nas.tools.plot_genotype genotypes/darts_cells_synthetic_seed0.json [--out cells.png]
 
 The genotype is checked against its space first (as retrain does), so the picture is of a
 network that can be built. Spaces without cells (plain_conv) are refused with exit status 2.

@@ -1,8 +1,8 @@
 """How fast does the supernet learn with a given weight optimizer? Prints the mean loss of the
 first and last 10 of N weight-only steps on the built-in data (CPU, one thread).
 
-    python -m scripts.probe_weight_lr --opt sgd --lr 0.05 0.5 2 10 30
-    python -m scripts.probe_weight_lr --opt adam --lr 0.002
+    python -m nas.tools.probe_weight_lr --opt sgd --lr 0.05 0.5 2 10 30
+    python -m nas.tools.probe_weight_lr --opt adam --lr 0.002
 """
 from __future__ import annotations
 
