@@ -7,6 +7,9 @@ paths are joined by newlines). The training loop hands each batch to a `BadImage
 the skipped samples of the epoch, logs each new file once, and raises a UserError as soon as the skipped
 samples exceed `max_bad_fraction` of the epoch's samples. In eval mode nothing is skipped: the
 UnreadableImageError names the file.
+
+UnreadableImageError is defined here, beside the code that skips such images; nas.data.topdown (which
+raises it when reading) imports it from here and re-exports it, so the two modules import one way only.
 """
 from __future__ import annotations
 
@@ -21,13 +24,16 @@ log = logging.getLogger("posenas")
 SEPARATOR = "\n"
 
 
+class UnreadableImageError(OSError):
+    """An image file that is missing or that OpenCV cannot decode."""
+
+
 def read_or_next(index: int, count: int, path_of: Callable[[int], Any],
                  read: Callable[[Any], np.ndarray]) -> tuple[int, np.ndarray, str]:
     """(index used, its image, skipped paths) reading sample `index`, else the next readable one.
 
     Raises UserError when none of the `count` samples' images can be read.
     """
-    from nas.data.topdown import UnreadableImageError
     skipped: list[str] = []
     for step in range(count):
         current = (index + step) % count

@@ -6,13 +6,10 @@ any dataset written in the same format (images under `root/<split>/` or `root/im
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-from pycocotools.coco import COCO
 
 from nas.data.half_body import COCO_UPPER_BODY
 from nas.data.keypoints import COCO_FLIP_PAIRS, COCO_SIGMAS, NUM_COCO_KEYPOINTS
@@ -21,16 +18,11 @@ from nas.data.transforms import box_to_center_scale
 from nas.data.topdown import (IMAGENET_MEAN, IMAGENET_STD, InstanceRecord,  # noqa: F401
                               TopDownDataset, UnreadableImageError, read_rgb)
 from nas.errors import UserError
+# load_coco is re-exported too; the dataset -> metric direction is the only one (nas.metrics.coco_eval)
+from nas.metrics.coco_eval import evaluate_keypoints, load_coco
 
 DEFAULT_BBOX_FILE = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
 DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
-
-
-
-def load_coco(ann_file: str | Path) -> COCO:
-    """A pycocotools COCO index of `ann_file`, without its progress printing."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(ann_file))
 
 
 def clip_box(box_xywh: list[float], width: int, height: int) -> np.ndarray | None:
@@ -181,7 +173,6 @@ class CocoTopDown(TopDownDataset):
                  name: str = "predictions.json", image_ids: list[int] | None = None) -> dict[str, float]:
         """OKS AP/AR (pycocotools) of COCO-format `results`; writes them to `out_dir/name` if given.
         `image_ids` restricts the ground truth to those images."""
-        from nas.metrics.coco_eval import evaluate_keypoints
         out_json = Path(out_dir) / name if out_dir is not None else None
         try:
             return evaluate_keypoints(self.coco, results, out_json=out_json, sigmas=self.sigmas,

@@ -14,16 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nas.data.bad_images import read_or_next
+# UnreadableImageError is re-exported: nas/cli.py and the datasets import it from here
+from nas.data.bad_images import UnreadableImageError, read_or_next
 from nas.data.half_body import half_body_crop
 from nas.data.transforms import affine_points, flip_keypoints, generate_heatmaps, get_affine_transform
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-class UnreadableImageError(OSError):
-    """An image file that is missing or that OpenCV cannot decode."""
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""COCO keypoint evaluation (OKS AP/AR) with pycocotools, quiet and safe on empty results."""
+"""COCO keypoint evaluation (OKS AP/AR) with pycocotools, quiet and safe on empty results.
+
+`load_coco` lives here, with the rest of the pycocotools wrapping: the COCO dataset (nas/data/coco.py)
+imports it and its metric from this module, and this module imports nothing from the datasets but the
+keypoint constants, so the two import in one direction only.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,10 +16,15 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from nas.data.coco import load_coco
 from nas.data.keypoints import COCO_SIGMAS
 
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+def load_coco(ann_file: str | Path) -> COCO:
+    """A pycocotools COCO index of `ann_file`, without its progress printing."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(ann_file))
 
 
 def _clean(result: dict) -> dict:
