@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from nas.data.mpii import (MPII_FLIP_PAIRS, MPII_JOINTS, MPII_MAT_NAMES, MpiiTopDown,
-                           mpii_center_scale)
+from nas.data.mpii import MPII_FLIP_PAIRS, MPII_JOINTS, MpiiTopDown, evaluate_mpii, mpii_center_scale
 from nas.data.transforms import flip_keypoints
-from nas.metrics.pckh import SOURCE_FALLBACK, SOURCE_MAT, evaluate_mpii, pckh, pckh_table
+from nas.metrics.pckh import (HRNET_MEAN01_KEY, MPII_MAT_NAMES, SOURCE_FALLBACK, SOURCE_MAT, pckh,
+                              pckh_table)
 
 # ---------------------------------------------------------------- the hand-worked PCKh example
 # Three people, normalisers (head sizes) 15, 30 and 60 px, so PCKh@0.5 accepts errors up to 7.5, 15, 30.
@@ -56,7 +56,36 @@ def test_pckh_hand_worked_example():
     assert per_joint[15] == pytest.approx(200.0 / 3) and per_joint[6] == pytest.approx(200.0 / 3)
     assert mean == pytest.approx(100.0 * 39 / 41)
     table = pckh_table(preds, gt, visible, HEAD_SIZES)
-    assert table == pytest.approx({**EXPECTED_05, **EXPECTED_01})
+    # no error lies between 0.1 and 0.11 head sizes here, so HRNet's "Mean@0.1" equals the exact one
+    assert table == pytest.approx({**EXPECTED_05, **EXPECTED_01, HRNET_MEAN01_KEY: 100.0 * 35 / 41})
+
+
+def test_mean_at_01_exact_and_hrnet_threshold_011():
+    # One person, head size 20 px: 0.1 -> 2.0 px, 0.11 -> 2.2 px. Errors: r_knee 2.1 px (0.105 head
+    # sizes, between the two), l_knee 2.0 px (exactly 0.1: a hit at both, `<=`), l_ankle 2.3 px (0.115:
+    # a miss at both); the other 11 Mean joints exact, pelvis/thorax far off (not in Mean).
+    # Exact 0.1: r_knee and l_ankle miss, 12/14. At 0.11: only l_ankle misses, 13/14.
+    # (HRNet reads np.arange(0, 0.51, 0.01)[11], which is 0.11.)
+    gt = np.tile(np.arange(16, dtype=np.float64)[:, None] * 10.0, (1, 2))[None]  # (1, 16, 2)
+    preds = gt.copy()
+    preds[0, 1, 0] += 2.1   # r_knee
+    preds[0, 4, 1] -= 2.0   # l_knee
+    preds[0, 5, 0] += 2.3   # l_ankle
+    preds[0, 6:8] += 50.0   # pelvis, thorax
+    table = pckh_table(preds, gt, np.ones((1, 16), bool), np.array([20.0]))
+    assert table["Mean@0.1"] == pytest.approx(100.0 * 12 / 14)
+    assert table[HRNET_MEAN01_KEY] == pytest.approx(100.0 * 13 / 14)
+    assert table["Knee@0.1"] == pytest.approx(50.0) and table["Mean"] == pytest.approx(100.0)
+
+
+def test_pckh_metric_does_not_import_the_dataset_module():
+    """nas.metrics.pckh is imported by nas.data.mpii; the reverse import would make a circle."""
+    import ast
+    source = (Path(__file__).resolve().parents[1] / "nas" / "metrics" / "pckh.py").read_text()
+    imported = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert not any(name and name.startswith("nas.data") for name in imported), imported
 
 
 def _write_mat(path: Path, gt0: np.ndarray, visible: np.ndarray, box_wh: np.ndarray) -> None:

@@ -84,7 +84,8 @@ def _evaluate(dataset: Any, results: list[dict]) -> dict[str, float]:
 
 def _pckh_fallback(dataset: Any, results: list[dict]) -> dict[str, float]:
     """PCKh of results on an MPII-style dataset (json annotations under root/annot/<split>.json)."""
-    from nas.metrics.pckh import load_mpii_gt, pckh_table
+    from nas.data.mpii import load_mpii_gt
+    from nas.metrics.pckh import pckh_table
     ann_file = Path(dataset.ann_file)
     gt = load_mpii_gt(ann_file.parent.parent, ann_file.stem, getattr(dataset, "one_based", True))
     rows = np.array([int(r["index"]) for r in results])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,16 +29,13 @@ import numpy as np
 from nas.data.topdown import InstanceRecord, TopDownDataset
 from nas.data.half_body import MPII_UPPER_BODY
 from nas.data.transforms import box_to_center_scale
+from nas.metrics.pckh import MPII_MAT_NAMES, PckhGroundTruth, gt_from_joints, load_gt_mat, pckh_table
 
 MPII_JOINTS: tuple[str, ...] = (
     "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
     "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",
 )
-# The short names of the same joints in `gt_valid.mat`'s `dataset_joints`, in the same order.
-MPII_MAT_NAMES: tuple[str, ...] = (
-    "rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor",
-    "neck", "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri",
-)
+# Their short names in `gt_valid.mat` (MPII_MAT_NAMES, same order) live with the metric, which reads it.
 MPII_FLIP_PAIRS: tuple[tuple[int, int], ...] = ((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13))
 NUM_MPII_JOINTS = len(MPII_JOINTS)
 PIXEL_STD = 200.0  # MPII's `scale` unit, in pixels
@@ -68,6 +66,38 @@ def read_mpii_json(path: str | Path) -> list[MpiiPerson]:
                                  scale=float(entry["scale"]),
                                  joints=joints.reshape(NUM_MPII_JOINTS, 2), visible=visible))
     return people
+
+
+def load_mpii_gt(root: str | Path, split: str = "valid", one_based: bool = True) -> PckhGroundTruth:
+    """PCKh ground truth: `root/annot/gt_<split>.mat` if it exists, else the (warned) fallback from
+    `root/annot/<split>.json` (head size = head segment length, nas.metrics.pckh)."""
+    annot = Path(root) / "annot"
+    mat_path = annot / f"gt_{split}.mat"
+    if mat_path.is_file():
+        return load_gt_mat(mat_path)
+    warnings.warn(f"PCKh: {mat_path} not found; head sizes are the head_top-upper_neck distances, "
+                  "an approximation, so the numbers are not the official MPII ones", stacklevel=2)
+    people = read_mpii_json(annot / f"{split}.json")
+    joints = np.stack([p.joints for p in people]) - (1.0 if one_based else 0.0)  # (N, 16, 2)
+    return gt_from_joints(joints, np.stack([p.visible for p in people]))
+
+
+def evaluate_mpii(preds: np.ndarray, root: str | Path, split: str = "valid",
+                  one_based: bool = True) -> dict[str, float | str]:
+    """PCKh table of predictions (N, 16, 2), 0-based image pixels in the json's person order.
+
+    The result's `head_size_source` says whether the official head boxes or the fallback were used, and
+    `people_without_head_size` how many people the fallback had to leave out.
+    """
+    gt = load_mpii_gt(root, split, one_based)
+    preds = np.asarray(preds, np.float64)
+    if preds.shape != gt.joints.shape:
+        raise ValueError(f"predictions {preds.shape} do not match the {split} ground truth "
+                         f"{gt.joints.shape} (one row per person, in the json's order)")
+    result: dict[str, float | str] = dict(pckh_table(preds, gt.joints, gt.visible, gt.head_sizes))
+    result["head_size_source"] = gt.source
+    result["people_without_head_size"] = int(np.isnan(gt.head_sizes).sum())
+    return result
 
 
 def mpii_center_scale(center: np.ndarray, scale_200: float, aspect_ratio: float,
@@ -143,7 +173,6 @@ class MpiiTopDown(TopDownDataset):
         without a prediction counts as missed. The head-size source goes to `self.head_size_source`
         and the log. With `out_dir`, the results are written to `out_dir/predictions.json`.
         """
-        from nas.metrics.pckh import load_mpii_gt, pckh_table
         if out_dir is not None:
             out_dir = Path(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,11 @@ Conventions, as in the MPII evaluation code and HRNet/MMPose's copies of it:
 - the table's Head is the head_top joint; Shoulder, Elbow, ... average the left and right joints' PCKh;
 - Mean pools all 14 joints except pelvis and thorax (upper_neck is in Mean, though not in a column),
   weighting each joint by its number of visible instances: correct / visible over those joints.
-- "@0.1" is at exactly 0.1. (HRNet's and MMPose's `Mean@0.1` read row 11 of `arange(0, 0.51, 0.01)`,
-  which is the threshold 0.11, so their numbers at "0.1" are slightly higher.)
+- "@0.1" is at exactly 0.1. HRNet's `Mean@0.1` (lib/dataset/mpii.py) and MMPose 0.x's `PCKh@0.1`
+  (topdown_mpii_dataset.py) read row 11 of `np.arange(0, 0.5 + 0.01, 0.01)`, which is the threshold
+  0.11, so the numbers published from those code bases under "0.1" are slightly higher; MMPose 1.x's
+  `MpiiPCKAccuracy` reads row 10 (exactly 0.1). The table therefore has both: "Mean@0.1" (exact) and
+  "Mean@0.1_hrnet(0.11)" (HRNet's and MMPose 0.x's number, to compare with their tables).
 
 All coordinates are 0-based pixels; `gt_valid.mat` (1-based, MATLAB) is shifted by -1 on load, which is
 the same as HRNet adding 1 to its predictions.
@@ -20,17 +23,23 @@ so fallback numbers are not the benchmark's; a person without both head joints v
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from nas.data.mpii import MPII_JOINTS, MPII_MAT_NAMES, MpiiPerson, read_mpii_json
-
+# The short names of the 16 MPII joints in `gt_valid.mat`'s `dataset_joints`, in posenas's joint order
+# (that of the json conversion, nas.data.mpii.MPII_JOINTS). The metric needs only these, so it imports
+# nothing from the dataset module (which imports it).
+MPII_MAT_NAMES: tuple[str, ...] = (
+    "rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor",
+    "neck", "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri",
+)
 HEAD_SIZE_FACTOR = 0.6  # MPII's SC_BIAS: head size = 0.6 x head box diagonal
-MEAN_JOINTS: tuple[int, ...] = tuple(i for i in range(len(MPII_JOINTS)) if i not in (6, 7))
+HRNET_MEAN01_THRESHOLD = 0.11  # np.arange(0, 0.5 + 0.01, 0.01)[11]: what HRNet's "Mean@0.1" uses
+HRNET_MEAN01_KEY = "Mean@0.1_hrnet(0.11)"
+MEAN_JOINTS: tuple[int, ...] = tuple(i for i in range(len(MPII_MAT_NAMES)) if i not in (6, 7))
 TABLE: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("Head", (9,)), ("Shoulder", (12, 13)), ("Elbow", (11, 14)), ("Wrist", (10, 15)),
     ("Hip", (2, 3)), ("Knee", (1, 4)), ("Ankle", (0, 5)),
@@ -80,13 +89,15 @@ def pckh(preds: np.ndarray, gt: np.ndarray, visible: np.ndarray, head_sizes: np.
 
 def pckh_table(preds: np.ndarray, gt: np.ndarray, visible: np.ndarray,
                head_sizes: np.ndarray) -> dict[str, float]:
-    """The literature's table: Head, Shoulder, Elbow, Wrist, Hip, Knee, Ankle, Mean at 0.5, then at 0.1."""
+    """The literature's table: Head, Shoulder, Elbow, Wrist, Hip, Knee, Ankle, Mean at 0.5, then at 0.1,
+    then HRNet's "Mean@0.1" (threshold 0.11, module doc) under HRNET_MEAN01_KEY."""
     table: dict[str, float] = {}
     for threshold, suffix in ((0.5, ""), (0.1, "@0.1")):
         per_joint, mean = pckh(preds, gt, visible, head_sizes, threshold)
         for name, joints in TABLE:
             table[name + suffix] = float(np.mean(per_joint[list(joints)]))
         table["Mean" + suffix] = mean
+    table[HRNET_MEAN01_KEY] = pckh(preds, gt, visible, head_sizes, HRNET_MEAN01_THRESHOLD)[1]
     return table
 
 
@@ -112,40 +123,11 @@ def load_gt_mat(path: str | Path) -> PckhGroundTruth:
     return PckhGroundTruth(joints, visible, HEAD_SIZE_FACTOR * diag, SOURCE_MAT)
 
 
-def gt_from_people(people: Sequence[MpiiPerson], one_based: bool = True) -> PckhGroundTruth:
-    """Fallback ground truth from the json annotations: head size = head segment length (module doc)."""
-    joints = np.stack([p.joints for p in people]) - (1.0 if one_based else 0.0)  # (N, 16, 2)
-    visible = np.stack([p.visible for p in people]).astype(bool)  # (N, 16)
+def gt_from_joints(joints: np.ndarray, visible: np.ndarray) -> PckhGroundTruth:
+    """Fallback ground truth from 0-based joints (N, 16, 2) and visibility (N, 16): head size = the head
+    segment length head_top-upper_neck (module doc); a person without both visible is left out (NaN)."""
+    joints, visible = np.asarray(joints, np.float64), np.asarray(visible).astype(bool)
     segment = np.linalg.norm(joints[:, 9] - joints[:, 8], axis=1)  # head_top - upper_neck
     usable = visible[:, 8] & visible[:, 9] & (segment > 0)
     head_sizes = np.where(usable, segment, np.nan)
     return PckhGroundTruth(joints, visible & usable[:, None], head_sizes, SOURCE_FALLBACK)
-
-
-def load_mpii_gt(root: str | Path, split: str = "valid", one_based: bool = True) -> PckhGroundTruth:
-    """`root/annot/gt_<split>.mat` if it exists, else the (warned) fallback from `root/annot/<split>.json`."""
-    annot = Path(root) / "annot"
-    mat_path = annot / f"gt_{split}.mat"
-    if mat_path.is_file():
-        return load_gt_mat(mat_path)
-    warnings.warn(f"PCKh: {mat_path} not found; head sizes are the head_top-upper_neck distances, "
-                  "an approximation, so the numbers are not the official MPII ones", stacklevel=2)
-    return gt_from_people(read_mpii_json(annot / f"{split}.json"), one_based)
-
-
-def evaluate_mpii(preds: np.ndarray, root: str | Path, split: str = "valid",
-                  one_based: bool = True) -> dict[str, float | str]:
-    """PCKh table of predictions (N, 16, 2), 0-based image pixels in the json's person order.
-
-    The result's `head_size_source` says whether the official head boxes or the fallback were used, and
-    `people_without_head_size` how many people the fallback had to leave out.
-    """
-    gt = load_mpii_gt(root, split, one_based)
-    preds = np.asarray(preds, np.float64)
-    if preds.shape != gt.joints.shape:
-        raise ValueError(f"predictions {preds.shape} do not match the {split} ground truth "
-                         f"{gt.joints.shape} (one row per person, in the json's order)")
-    result: dict[str, float | str] = dict(pckh_table(preds, gt.joints, gt.visible, gt.head_sizes))
-    result["head_size_source"] = gt.source
-    result["people_without_head_size"] = int(np.isnan(gt.head_sizes).sum())
-    return result
