@@ -32,7 +32,8 @@ class SearchConfig(RunConfig):
     search_space: Any = None
     strategy: Any = None
     arch_fraction: float = 0.5
-    stop_on_skip_rise: bool = False
+    early_stop: Optional[str] = None  # darts_plus, skip_rise or None (nas.engine.search_loop.EarlyStop)
+    stop_on_skip_rise: bool = False   # deprecated alias of early_stop=skip_rise
     score_images: Optional[int] = 100
     criterion: Any = None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import platform
+import random
 from pathlib import Path
 
 import hydra
@@ -22,7 +23,7 @@ from nas.data.bad_images import BadImageMonitor
 from nas.data.build import split_by_image
 from nas.engine.runtime import (configure_threads, log, make_loader, pick_device, prepare_run_dir,
                                 save_config, seed_everything)
-from nas.engine.search_loop import run_search
+from nas.engine.search_loop import EarlyStop, run_search
 from nas.errors import UserError
 from nas.genotype import save
 
@@ -32,11 +33,14 @@ register()
 def search(cfg: DictConfig) -> Path:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_from = prepare_run_dir(run_dir, cfg.resume)
+    early_stop = EarlyStop(_early_stop_rule(cfg))
     configure_threads(cfg.threads)
     device = pick_device(cfg.device)
     data = instantiate(cfg.data)
     seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG
     space = instantiate(cfg.search_space)
+    if early_stop.rule is not None:  # a rule that cannot read this space's genotypes fails here
+        early_stop.check_space(space.sample(random.Random(0)))
     if space.args.get("num_keypoints") != data.num_keypoints:
         raise UserError(f"search_space.num_keypoints={space.args.get('num_keypoints')} but the data has "
                         f"{data.num_keypoints} keypoints; set search_space.num_keypoints={data.num_keypoints}")
@@ -55,7 +59,7 @@ def search(cfg: DictConfig) -> Path:
              len(weight_set), len(arch_set), epochs, steps, device, run_dir)
     bad_images = BadImageMonitor(2 * steps * cfg.batch_size, data.max_bad_fraction)  # both batches
     genotype = run_search(strategy, supernet, train_loader, arch_loader, epochs, device, run_dir,
-                          resume_from, steps, bad_images, cfg.stop_on_skip_rise)
+                          resume_from, steps, bad_images, early_stop.rule)
     genotype.space = HydraConfig.get().runtime.choices["search_space"]
     genotype.input_size, genotype.heatmap_size = data.input_size, data.heatmap_size
     genotype.provenance = {**genotype.provenance, "strategy": HydraConfig.get().runtime.choices["strategy"], "seed": cfg.seed,
@@ -64,6 +68,18 @@ def search(cfg: DictConfig) -> Path:
                            "versions": {"torch": torch.__version__, "python": platform.python_version()}}
     _plot_arch_weights(run_dir)
     return save(genotype, run_dir / "genotype.json")
+
+
+def _early_stop_rule(cfg: DictConfig) -> str | None:
+    """`early_stop`, or `skip_rise` from the deprecated `stop_on_skip_rise=true`."""
+    if not cfg.stop_on_skip_rise:
+        return cfg.early_stop
+    if cfg.early_stop not in (None, "skip_rise"):
+        raise UserError(f"stop_on_skip_rise=true contradicts early_stop={cfg.early_stop}; drop "
+                        "stop_on_skip_rise (deprecated: it means early_stop=skip_rise)")
+    log.warning("stop_on_skip_rise=true is deprecated: use early_stop=skip_rise (or early_stop=darts_plus "
+                "for DARTS+'s published rule)")
+    return "skip_rise"
 
 
 def _plot_arch_weights(run_dir: Path) -> None:

@@ -283,39 +283,6 @@ def test_skip_count_is_logged_and_capped(cache, tmp_path):
     assert "skip_connect" not in json.dumps(json.loads((run_dir / "genotype.json").read_text())["genotype"])
 
 
-def test_early_stop_when_skips_rise(monkeypatch):
-    """Driven with a scripted strategy: the counts 1, 1, 3 stop the search after epoch 2 and hand
-    back the epoch-1 genotype."""
-    from nas.engine.search_loop import run_search
-    from nas.genotype import Genotype
-
-    class Scripted:
-        def __init__(self):
-            self.calls = 0
-
-        def step(self, train_batch, val_batch):
-            return {"loss": 0.0}
-
-        def result(self):
-            self.calls += 1
-            skips = {1: 1, 2: 1, 3: 3}.get(self.calls, 0)
-            return Genotype("darts_cells", {"normal": [["skip_connect", 0]] * skips, "tag": [self.calls]})
-
-        def end_epoch(self):
-            return {}
-
-        def state_dict(self):
-            return {}
-
-    import tempfile
-    batch = {"image": torch.zeros(1)}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = run_search(Scripted(), torch.nn.Linear(1, 1), [batch], [batch], 5, torch.device("cpu"),
-                         Path(tmp), None, stop_on_skip_rise=True)
-        epochs = [json.loads(line)["epoch"] for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    assert out.genotype["tag"] == [2] and epochs == [0, 1, 2]
-
-
 def test_evolution_killed_between_generations_resumes_to_the_same_result(cache, tmp_path):
     """Killed (SIGKILL, from inside the process) after the first generation's checkpoint; resumed, it
     evaluates the same candidates and returns the same genotype as an uninterrupted search."""

@@ -1,0 +1,120 @@
+"""Config options checked before any work, resume against a changed config, and the search's early stop."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from nas.engine.search_loop import EarlyStop, run_search
+from nas.errors import UserError
+from nas.genotype import Genotype
+
+# ---- early_stop (issue 9 item 14) ------------------------------------------------------------------
+
+
+def _cells(normal_skips: int, reduce_skips: int = 0, tag: int = 0) -> dict:
+    """A DARTS-cell genotype with 4 normal and 4 reduce edges, `*_skips` of them skip_connect."""
+    def cell(skips: int) -> list:
+        return [["skip_connect" if i < skips else "sep_conv_3x3", i % 2] for i in range(4)]
+    return {"normal": cell(normal_skips), "reduce": cell(reduce_skips), "fusion": [["conv_3x3", 0]], "tag": tag}
+
+
+class Scripted:
+    """A strategy whose decoded genotype after epoch e is `genotypes[e]`; `warmup` epochs move nothing."""
+
+    def __init__(self, genotypes: list[dict], warmup_epochs: int | None = None):
+        self.genotypes, self.epoch, self.steps = genotypes, 0, 0
+        if warmup_epochs is not None:
+            self.warmup_steps = warmup_epochs  # one step per epoch below
+
+    def step(self, train_batch, val_batch):
+        self.steps += 1
+        return {"loss": 0.0}
+
+    def end_epoch(self):
+        self.epoch += 1
+        return {}
+
+    def result(self):
+        return Genotype("darts_cells", self.genotypes[min(self.epoch, len(self.genotypes)) - 1])
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def _search(tmp_path: Path, genotypes: list[dict], rule: str | None, **kwargs) -> tuple[dict, list[int]]:
+    """Run the real search loop over the scripted genotypes: (returned genotype, epochs logged)."""
+    batch = {"image": torch.zeros(1)}
+    out = run_search(Scripted(genotypes, **kwargs), torch.nn.Linear(1, 1), [batch], [batch], len(genotypes),
+                     torch.device("cpu"), tmp_path, None, early_stop=rule)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    return out.genotype, epochs
+
+
+def test_darts_plus_stops_at_two_normal_skips_and_returns_that_epoch(tmp_path):
+    """Normal-cell skips 1, 0, 2, 3 (reduce cell full of skips from the start): DARTS+ stops after
+    epoch 2, the first with 2 skips in the normal cell, and returns that epoch's genotype."""
+    seq = [_cells(1, 4, tag=0), _cells(0, 4, tag=1), _cells(2, 0, tag=2), _cells(3, 0, tag=3)]
+    genotype, epochs = _search(tmp_path, seq, "darts_plus")
+    assert genotype["tag"] == 2 and epochs == [0, 1, 2]
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "2 skip connections" in last["early_stop"]
+
+
+def test_darts_plus_ignores_skips_outside_the_normal_cell(tmp_path):
+    seq = [_cells(1, 4, tag=0), _cells(1, 3, tag=1), _cells(0, 4, tag=2)]
+    genotype, epochs = _search(tmp_path, seq, "darts_plus")
+    assert genotype["tag"] == 2 and epochs == [0, 1, 2]
+
+
+def test_darts_plus_waits_for_the_warmup_to_end(tmp_path):
+    """During a weight-only warmup the decoded genotype is the random initial one: not judged."""
+    seq = [_cells(3, tag=0), _cells(1, tag=1), _cells(2, tag=2), _cells(0, tag=3)]
+    genotype, epochs = _search(tmp_path, seq, "darts_plus", warmup_epochs=1)
+    assert genotype["tag"] == 2 and epochs == [0, 1, 2]
+
+
+def test_skip_rise_returns_the_epoch_before_the_rise(tmp_path):
+    """Total skip counts 1, 1, 3: the rise after epoch 2 stops the search with the epoch-1 genotype."""
+    seq = [_cells(1, tag=0), _cells(0, 1, tag=1), _cells(2, 1, tag=2), _cells(0, tag=3)]
+    genotype, epochs = _search(tmp_path, seq, "skip_rise")
+    assert genotype["tag"] == 1 and epochs == [0, 1, 2]
+
+
+def test_no_rule_runs_every_epoch(tmp_path):
+    seq = [_cells(0, tag=0), _cells(4, 4, tag=1), _cells(4, 4, tag=2)]
+    genotype, epochs = _search(tmp_path, seq, None)
+    assert genotype["tag"] == 2 and epochs == [0, 1, 2]
+
+
+def test_a_stopped_search_resumes_to_its_kept_genotype(tmp_path):
+    seq = [_cells(1, tag=0), _cells(2, tag=1), _cells(0, tag=2)]
+    _search(tmp_path, seq, "darts_plus")
+    batch = {"image": torch.zeros(1)}
+    out = run_search(Scripted(seq), torch.nn.Linear(1, 1), [batch], [batch], 3, torch.device("cpu"),
+                     tmp_path, tmp_path / "last.pt", early_stop="darts_plus")
+    assert out.genotype["tag"] == 1
+
+
+def test_early_stop_names_are_checked():
+    with pytest.raises(UserError, match="early_stop='darts'.*darts_plus"):
+        EarlyStop("darts")
+    no_cells = Genotype("vipnas_mbv3", {"stages": [{"depth": 1}]})
+    with pytest.raises(UserError, match="no 'normal' cell"):
+        EarlyStop("darts_plus").check_space(no_cells)
+    EarlyStop("skip_rise").check_space(no_cells)  # counts skip_connect anywhere: fine
+
+
+def test_stop_on_skip_rise_is_a_deprecated_alias():
+    from nas.search import _early_stop_rule
+    assert _early_stop_rule(OmegaConf.create({"stop_on_skip_rise": True, "early_stop": None})) == "skip_rise"
+    assert _early_stop_rule(OmegaConf.create({"stop_on_skip_rise": False, "early_stop": "darts_plus"})) \
+        == "darts_plus"
+    with pytest.raises(UserError, match="stop_on_skip_rise"):
+        _early_stop_rule(OmegaConf.create({"stop_on_skip_rise": True, "early_stop": "darts_plus"}))
