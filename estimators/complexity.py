@@ -39,12 +39,3 @@ def count_gflops(model: nn.Module, input_size: tuple[int, int]) -> float:
                           custom_ops={nn.ConvTranspose2d: _transposed_conv_macs})
     return float(macs) / 1e9
 
-
-class ComplexityEstimator:
-    """{"params_M", "GFLOPs"} of a network, the Estimator contract."""
-
-    def __init__(self, input_size: tuple[int, int]):
-        self.input_size = tuple(input_size)
-
-    def __call__(self, model: nn.Module, genotype: object = None) -> dict[str, float]:
-        return {"params_M": count_params(model) / 1e6, "GFLOPs": count_gflops(model, self.input_size)}

@@ -17,6 +17,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+# ShuffleNet's shuffle, as PC-DARTS uses it: channel g * n + i moves to i * groups + g (n = C / groups),
+# so the channels that bypassed one edge's ops are spread over the part the next edge computes.
+from torch.nn.functional import channel_shuffle
 
 from search_spaces.ops import FactorizedReduce, ReLUConvBN, make_op
 
@@ -34,13 +37,6 @@ def preprocess(c_in: int, c_out: int, halve: bool, affine: bool) -> nn.Module:
     if halve:
         return FactorizedReduce(c_in, c_out, affine)
     return ReLUConvBN(c_in, c_out, 1, 1, 0, affine)
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet's shuffle: channel g * n + i moves to i * groups + g (n = C / groups), so the
-    channels that bypassed one edge's ops are spread over the part that the next edge computes."""
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
 class MixedOp(nn.Module):

@@ -5,6 +5,17 @@ import torch
 from torch import nn
 
 
+def init_head(head: nn.Module) -> None:
+    """Every pose head's start (SimpleBaseline's, MMPose's): conv and deconv weights ~ N(0, 0.001),
+    biases 0, so the first heatmaps are near the all-zero background. BatchNorm keeps PyTorch's
+    default (scale 1, shift 0), which is what SimpleBaseline sets by hand."""
+    for module in head.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(module.weight, std=0.001)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 class HeatmapHead(nn.Module):
     """Features (B, C, h', w') -> heatmaps (B, K, h' * 2**num_deconv, w' * 2**num_deconv).
 
@@ -28,18 +39,7 @@ class HeatmapHead(nn.Module):
         self.deconv = nn.Sequential(*layers)
         self.final = nn.Conv2d(channels, num_keypoints, kernel_size=final_kernel,
                                padding=final_kernel // 2)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Small initial outputs (std 0.001), so the first heatmaps are near the all-zero background."""
-        for module in self.modules():
-            if isinstance(module, (nn.ConvTranspose2d, nn.Conv2d)):
-                nn.init.normal_(module.weight, std=0.001)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_head(self)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.final(self.deconv(features))  # (B, K, h, w) heatmaps

@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from nas.pose.head import init_head
+
 
 class ViPNASHead(nn.Module):
     """Features (B, C, h, w) -> heatmaps (B, K, h * 2**n, w * 2**n), n = len(deconv_channels)."""
@@ -30,11 +32,7 @@ class ViPNASHead(nn.Module):
             c_in = c_out
         self.deconv = nn.Sequential(*layers)
         self.final = nn.Conv2d(c_in, num_keypoints, 1)
-        for module in self.modules():  # small initial heatmaps, as SimpleBaseline / MMPose start
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(module.weight, std=0.001)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_head(self)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.final(self.deconv(features))  # (B, K, H/4, W/4) heatmaps
