@@ -26,6 +26,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import SqueezeExcitation
+
+from nas.pose.head import init_head
 
 
 def centre_crop(weight: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -165,37 +168,31 @@ def gc_channels(channels: int) -> int:
     return max(16, channels // 16)
 
 
-def _gate(name: str) -> nn.Module:
-    return {"sigmoid": nn.Sigmoid, "hsigmoid": nn.Hardsigmoid}[name]()
+GATES = {"sigmoid": nn.Sigmoid, "hsigmoid": nn.Hardsigmoid}  # SE scale activations: ResNet's, MobileNetV3's
 
 
-class SqueezeExcite(nn.Module):
-    """x * gate(W2 relu(W1 avgpool(x))): channel re-weighting from the global mean."""
+def squeeze_excite(channels: int, ratio: int = 4, gate: str = "hsigmoid") -> SqueezeExcitation:
+    """torchvision's SE block: x * gate(fc2(relu(fc1(avgpool(x))))), fc1/fc2 1x1 convs with bias.
 
-    def __init__(self, channels: int, ratio: int = 4, gate: str = "hsigmoid"):
-        super().__init__()
-        mid = se_channels(channels, ratio)
-        self.reduce = nn.Conv2d(channels, mid, 1)
-        self.expand = nn.Conv2d(mid, channels, 1)
-        self.gate = _gate(gate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = F.adaptive_avg_pool2d(x, 1)  # (B, C, 1, 1)
-        return x * self.gate(self.expand(F.relu(self.reduce(s))))
+    The squeeze width is C / ratio (`se_channels`), not torchvision's MobileNetV3 rounding to a
+    multiple of 8: the shipped S-ViPNAS genotypes reach their published parameter counts with it."""
+    return SqueezeExcitation(channels, se_channels(channels, ratio), nn.ReLU, GATES[gate])
 
 
 class ElasticSqueezeExcite(nn.Module):
+    """The elastic form of `squeeze_excite` (same module names fc1/fc2, so it exports)."""
+
     def __init__(self, c_max: int, ratio: int = 4, gate: str = "hsigmoid"):
         super().__init__()
         self.ratio = ratio
-        self.reduce = ElasticConv2d(c_max, se_channels(c_max, ratio), 1, bias=True)
-        self.expand = ElasticConv2d(se_channels(c_max, ratio), c_max, 1, bias=True)
-        self.gate = _gate(gate)
+        self.fc1 = ElasticConv2d(c_max, se_channels(c_max, ratio), 1, bias=True)
+        self.fc2 = ElasticConv2d(se_channels(c_max, ratio), c_max, 1, bias=True)
+        self.activation, self.scale_activation = nn.ReLU(), GATES[gate]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        s = F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1), se_channels(c, self.ratio)))
-        return x * self.gate(self.expand(s, c))
+        s = self.activation(self.fc1(F.adaptive_avg_pool2d(x, 1), se_channels(c, self.ratio)))
+        return x * self.scale_activation(self.fc2(s, c))  # (B, C, H, W) re-weighted channels
 
 
 def _context(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -262,20 +259,10 @@ class ElasticViPNASHead(nn.Module):
         return self.final(x)  # (B, K, H/4, W/4) heatmaps
 
 
-def init_head(head: nn.Module) -> None:
-    """Small initial heatmaps (std 0.001, as SimpleBaseline and MMPose's ViPNAS head start)."""
-    for module in head.modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(module.weight, std=0.001)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-
 def attention(kind: str, channels: int, elastic: bool, se_ratio: int, se_gate: str) -> nn.Module:
     """The attention block named `kind` ('se' or 'gc'), plain or elastic (channels = its maximum)."""
     if kind == "se":
-        cls = ElasticSqueezeExcite if elastic else SqueezeExcite
-        return cls(channels, se_ratio, se_gate)
+        return (ElasticSqueezeExcite if elastic else squeeze_excite)(channels, se_ratio, se_gate)
     if kind == "gc":
         return (ElasticGlobalContext if elastic else GlobalContext)(channels)
     raise ValueError(f"unknown attention {kind!r}; known: none, se, gc")

@@ -25,12 +25,17 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from search_spaces.bounds import Bound
 from search_spaces.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticViPNASHead, attention_dict
+from search_spaces.vipnas_base import ATTENTIONS, COMMON_BOUNDS, ViPNASSpace, names
 from search_spaces.vipnas_nets import ElasticPoseNet, ElasticStem, Path, PoseNet, Stem
-from search_spaces.vipnas_resnet import ATTENTIONS, ViPNASResNetSpace, _ints
 
 SE_GATE = "hsigmoid"  # MobileNetV3 SE blocks gate with a hard sigmoid
 ACTIVATIONS = {"relu": nn.ReLU, "hswish": nn.Hardswish}
+
+# The range of every size argument (rows shared with the ResNet family: vipnas_base.py).
+BOUNDS = {**COMMON_BOUNDS,
+          "expansion_choices": Bound(1, 12, "MobileNetV3's and S-ViPNAS-MobileNetV3's largest is 6; x2", "list")}
 
 
 def _act(name: str) -> nn.Module:
@@ -84,7 +89,7 @@ class ElasticInvertedResidual(nn.Module):
         return x + out if self.stride == 1 and x.shape[1] == c_out else out
 
 
-class ViPNASMobileNetV3Space(ViPNASResNetSpace):
+class ViPNASMobileNetV3Space(ViPNASSpace):
     """Elastic ViPNAS MobileNetV3 family. Defaults are CPU-sized; genotypes/s_vipnas_mbv3.json has
     the full-size space (MMPose's S-ViPNAS-MobileNetV3 settings) in its space_args."""
 
@@ -101,18 +106,18 @@ class ViPNASMobileNetV3Space(ViPNASResNetSpace):
                  stem_activation: str = "hswish", project_activation: bool = False,
                  head_channel_choices: Sequence[int] = (16, 32), head_group_choices: Sequence[int] = (1, 4, 16),
                  num_keypoints: int = 17):
-        acts = [str(a) for a in activations] + [str(stem_activation)]
-        if any(a not in ACTIVATIONS for a in acts) or len(acts) != len(strides) + 1:
-            raise ValueError(f"activations must name one of {list(ACTIVATIONS)} per stage, got {acts[:-1]}")
-        self.args = dict(
-            stem_width_choices=_ints(stem_width_choices),
-            width_choices=[_ints(w) for w in width_choices], depth_choices=[_ints(d) for d in depth_choices],
-            expansion_choices=_ints(expansion_choices), kernel_choices=_ints(kernel_choices),
-            group_choices=_ints(group_choices), attention_choices=[str(a) for a in attention_choices],
-            strides=_ints(strides), activations=acts[:-1], stem_activation=acts[-1],
-            project_activation=bool(project_activation), head_channel_choices=_ints(head_channel_choices),
-            head_group_choices=_ints(head_group_choices), num_keypoints=int(num_keypoints))
-        self._check_args()
+        if not isinstance(project_activation, bool):
+            raise ValueError(f"project_activation must be true or false, got {project_activation!r}")
+        acts = names("activations", activations, list(ACTIVATIONS))
+        super().__init__(dict(
+            stem_width_choices=stem_width_choices, width_choices=width_choices, depth_choices=depth_choices,
+            expansion_choices=expansion_choices, kernel_choices=kernel_choices, group_choices=group_choices,
+            attention_choices=attention_choices, strides=strides, activations=acts,
+            stem_activation=names("stem_activation", [stem_activation], list(ACTIVATIONS))[0],
+            project_activation=project_activation, head_channel_choices=head_channel_choices,
+            head_group_choices=head_group_choices, num_keypoints=num_keypoints), BOUNDS)
+        if len(acts) != self.num_stages:
+            raise ValueError(f"activations must name one per stage ({self.num_stages}), got {acts}")
 
     def spatial_channels(self, stage: dict[str, Any]) -> int:
         return stage["width"] * stage["expansion"]

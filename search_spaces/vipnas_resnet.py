@@ -27,23 +27,21 @@ search it with random search / evolution on the shared weights.
 """
 from __future__ import annotations
 
-import copy
-import itertools
-import math
-import random
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from nas.genotype import Genotype, GenotypeError
-from nas.pose.vipnas_head import ViPNASHead
-from search_spaces.elastic import (ElasticBatchNorm2d, ElasticConv2d, ElasticViPNASHead, attention_dict,
-                                   inherit_weights)
+from search_spaces.bounds import Bound
+from search_spaces.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticViPNASHead, attention_dict
+from search_spaces.vipnas_base import ATTENTIONS, COMMON_BOUNDS, ViPNASSpace
 from search_spaces.vipnas_nets import ElasticPoseNet, ElasticStem, Path, PoseNet, Stem
 
-ATTENTIONS = ("none", "se", "gc")
 SE_GATE = "sigmoid"  # the ResNet family's SE blocks gate with a sigmoid
+
+# The range of every size argument (rows shared with the MobileNetV3 family: vipnas_base.py).
+BOUNDS = {**COMMON_BOUNDS,
+          "expansion": Bound(1, 8, "ResNet's bottleneck expands by 4 (S-ViPNAS-Res50: 1); x2")}
 
 
 # ---- the ResNet family's block -----------------------------------------------------------------
@@ -105,28 +103,9 @@ class ElasticBottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-# ---- the space: choices, sampling, validation, build; shared with the MobileNetV3 family ---------
+# ---- the space: the ResNet family's blocks on the shared ViPNAS machinery ----------------------
 
-def _ints(values: Sequence[Any]) -> list[int]:
-    return [int(v) for v in values]
-
-
-def _choice_error(where: str, value: Any, choices: Sequence[Any]) -> GenotypeError:
-    return GenotypeError(f"field 'genotype.{where}': {value!r} is not one of {list(choices)}")
-
-
-def _check(where: str, value: Any, choices: Sequence[Any]) -> None:
-    if isinstance(value, (bool, float)) or value not in choices:
-        raise _choice_error(where, value, choices)
-
-
-def _check_keys(where: str, value: Any, keys: Sequence[str]) -> None:
-    if not isinstance(value, dict) or set(value) != set(keys):
-        got = sorted(value) if isinstance(value, dict) else type(value).__name__
-        raise GenotypeError(f"field 'genotype{where}' must be an object with keys {list(keys)}, got {got}")
-
-
-class ViPNASResNetSpace:
+class ViPNASResNetSpace(ViPNASSpace):
     """Elastic ViPNAS ResNet family. Defaults are CPU-sized; genotypes/s_vipnas_res50.json has the
     full-size space (MMPose's S-ViPNAS-Res50 settings) in its space_args."""
 
@@ -141,27 +120,17 @@ class ViPNASResNetSpace:
                  attention_choices: Sequence[str] = ATTENTIONS, strides: Sequence[int] = (1, 2, 1),
                  expansion: int = 1, head_channel_choices: Sequence[int] = (16, 32),
                  head_group_choices: Sequence[int] = (1, 2, 4), num_keypoints: int = 17):
-        self.args: dict[str, Any] = dict(
-            stem_width_choices=_ints(stem_width_choices),
-            width_choices=[_ints(w) for w in width_choices], depth_choices=[_ints(d) for d in depth_choices],
-            kernel_choices=_ints(kernel_choices), group_choices=_ints(group_choices),
-            attention_choices=[str(a) for a in attention_choices], strides=_ints(strides),
-            expansion=int(expansion), head_channel_choices=_ints(head_channel_choices),
-            head_group_choices=_ints(head_group_choices), num_keypoints=int(num_keypoints))
-        self._check_args()
+        super().__init__(dict(
+            stem_width_choices=stem_width_choices, width_choices=width_choices, depth_choices=depth_choices,
+            kernel_choices=kernel_choices, group_choices=group_choices, attention_choices=attention_choices,
+            strides=strides, expansion=expansion, head_channel_choices=head_channel_choices,
+            head_group_choices=head_group_choices, num_keypoints=num_keypoints), BOUNDS)
 
-    # -- family specifics (overridden by the MobileNetV3 family) --
     def spatial_channels(self, stage: dict[str, Any]) -> int:
-        """Channels of the stage's k x k conv (the ones its groups split)."""
         return stage["width"]
 
     def out_channels(self, stage: dict[str, Any]) -> int:
         return stage["width"] * self.args["expansion"]
-
-    def stage_choices(self, i: int) -> dict[str, list]:
-        a = self.args
-        return dict(depth=a["depth_choices"][i], width=a["width_choices"][i], kernel=a["kernel_choices"],
-                    attention=a["attention_choices"])
 
     def _make_net(self, path: Path) -> PoseNet:
         stem = Stem(path["stem"]["width"], path["stem"]["kernel"], nn.ReLU(inplace=True), pool=True)
@@ -187,153 +156,3 @@ class ViPNASResNetSpace:
             c_in = self.out_channels(stage)
         head = ElasticViPNASHead(c_in, max(a["head_channel_choices"]), self.num_deconv, a["num_keypoints"])
         return ElasticPoseNet(stem, stages, head, big)
-
-    # -- shared machinery --
-    @property
-    def num_stages(self) -> int:
-        return len(self.args["strides"])
-
-    @property
-    def num_deconv(self) -> int:
-        """Deconvs (x2 each) from the backbone's output stride up to the heatmaps' stride 4."""
-        return int(math.log2(self.stem_stride * math.prod(self.args["strides"]))) - 2
-
-    def _check_args(self) -> None:
-        a = self.args
-        total = self.stem_stride * math.prod(a["strides"])
-        if any(s not in (1, 2) for s in a["strides"]) or total < 4:
-            raise ValueError(f"strides must be 1 or 2 (total stride >= 4), got {a['strides']}")
-        for key in ("width_choices", "depth_choices"):
-            if len(a[key]) != self.num_stages or not all(a[key]):
-                raise ValueError(f"{key} must give a non-empty list per stage ({self.num_stages} stages)")
-        if any(k % 2 == 0 for k in a["kernel_choices"]):
-            raise ValueError(f"kernel_choices must be odd (a smaller kernel is the centre of the larger), "
-                             f"got {a['kernel_choices']}")
-        unknown = set(a["attention_choices"]) - set(ATTENTIONS)
-        if unknown or not a["attention_choices"]:
-            raise ValueError(f"attention_choices must be taken from {list(ATTENTIONS)}, got {a['attention_choices']}")
-        self._check_groups()
-
-    def _check_groups(self) -> None:
-        """Every width the space can draw must admit a group count (else sampling could not go on)."""
-        a = self.args
-        for i in range(self.num_stages):
-            choices = self.stage_choices(i)
-            keys = [k for k in ("width", "expansion") if k in choices]
-            for values in itertools.product(*(choices[k] for k in keys)):
-                self._groups_for(self.spatial_channels(dict(zip(keys, values))), a["group_choices"])
-        if self.num_deconv == 0:
-            return
-        last = self.stage_choices(self.num_stages - 1)
-        outs = {self.out_channels(dict(width=w, expansion=e)) for w in last["width"]
-                for e in last.get("expansion", [1])}
-        for c_in in outs | set(a["head_channel_choices"]):
-            for c in a["head_channel_choices"]:
-                self._groups_for(c, a["head_group_choices"], c_in)
-
-    def _groups_for(self, channels: int, choices: Sequence[int], *also: int) -> list[int]:
-        options = [g for g in choices if all(c % g == 0 for c in (channels, *also))]
-        if not options:
-            raise ValueError(f"none of the group choices {list(choices)} divides {channels} channels")
-        return options
-
-    def _genotype(self, path: Path) -> Genotype:
-        return Genotype(space=self.name, space_args=copy.deepcopy(self.args), genotype=path)
-
-    def largest(self) -> Path:
-        """The biggest member: max depth/width/kernel (/expansion), fewest groups, last attention."""
-        a = self.args
-        stages = []
-        for i in range(self.num_stages):
-            stage = {k: (v[-1] if k == "attention" else max(v)) for k, v in self.stage_choices(i).items()}
-            stage["groups"] = min(self._groups_for(self.spatial_channels(stage), a["group_choices"]))
-            stages.append({k: stage[k] for k in self.stage_fields})
-        stem = {"width": max(a["stem_width_choices"]), "kernel": max(a["kernel_choices"])}
-        return {"stem": stem, "stages": stages, "head": self._pick_head(self.out_channels(stages[-1]), max, min)}
-
-    def smallest(self) -> Path:
-        """The cheapest member (the sandwich rule's lower end): min depth/width/kernel (/expansion),
-        most groups, the first attention choice."""
-        a = self.args
-        stages = []
-        for i in range(self.num_stages):
-            stage = {k: (v[0] if k == "attention" else min(v)) for k, v in self.stage_choices(i).items()}
-            stage["groups"] = max(self._groups_for(self.spatial_channels(stage), a["group_choices"]))
-            stages.append({k: stage[k] for k in self.stage_fields})
-        stem = {"width": min(a["stem_width_choices"]), "kernel": min(a["kernel_choices"])}
-        return {"stem": stem, "stages": stages, "head": self._pick_head(self.out_channels(stages[-1]), min, max)}
-
-    def _pick_head(self, c_in: int, pick_width: Callable, pick_groups: Callable) -> dict[str, list[int]]:
-        channels, groups = [], []
-        for _ in range(self.num_deconv):
-            channels.append(pick_width(self.args["head_channel_choices"]))
-            groups.append(pick_groups(self._groups_for(channels[-1], self.args["head_group_choices"], c_in)))
-            c_in = channels[-1]
-        return {"deconv_channels": channels, "deconv_groups": groups}
-
-    def sample(self, rng: random.Random) -> Genotype:
-        """Uniform over every choice; group counts uniform over those dividing the channels."""
-        a = self.args
-        stem = {"width": rng.choice(a["stem_width_choices"]), "kernel": rng.choice(a["kernel_choices"])}
-        stages = []
-        for i in range(self.num_stages):
-            stage = {k: rng.choice(v) for k, v in self.stage_choices(i).items()}
-            stage["groups"] = rng.choice(self._groups_for(self.spatial_channels(stage), a["group_choices"]))
-            stages.append({k: stage[k] for k in self.stage_fields})
-        head = self._pick_head(self.out_channels(stages[-1]), rng.choice, rng.choice)
-        return self._genotype({"stem": stem, "stages": stages, "head": head})
-
-    def validate(self, genotype: Genotype) -> None:
-        g = genotype.genotype
-        _check_keys("", g, ("stem", "stages", "head"))
-        _check_keys(".stem", g["stem"], ("width", "kernel"))
-        _check("stem.width", g["stem"]["width"], self.args["stem_width_choices"])
-        _check("stem.kernel", g["stem"]["kernel"], self.args["kernel_choices"])
-        if not isinstance(g["stages"], list) or len(g["stages"]) != self.num_stages:
-            raise GenotypeError(f"field 'genotype.stages' must list {self.num_stages} stages")
-        for i, stage in enumerate(g["stages"]):
-            self._validate_stage(i, stage)
-        self._validate_head(g["head"], self.out_channels(g["stages"][-1]))
-
-    def _validate_stage(self, i: int, stage: Any) -> None:
-        where = f"stages[{i}]"
-        _check_keys("." + where, stage, self.stage_fields)
-        for key, choices in self.stage_choices(i).items():
-            _check(f"{where}.{key}", stage[key], choices)
-        _check(f"{where}.groups", stage["groups"], self.args["group_choices"])
-        channels = self.spatial_channels(stage)
-        if channels % stage["groups"]:
-            raise GenotypeError(f"field 'genotype.{where}.groups': {stage['groups']} does not divide the "
-                                f"{channels} channels of the stage's k x k conv")
-
-    def _validate_head(self, head: Any, c_in: int) -> None:
-        _check_keys(".head", head, ("deconv_channels", "deconv_groups"))
-        for key in ("deconv_channels", "deconv_groups"):
-            if not isinstance(head[key], list) or len(head[key]) != self.num_deconv:
-                raise GenotypeError(f"field 'genotype.head.{key}' must list {self.num_deconv} values "
-                                    f"(one per x2 deconv)")
-        for j, (c, g) in enumerate(zip(head["deconv_channels"], head["deconv_groups"])):
-            _check(f"head.deconv_channels[{j}]", c, self.args["head_channel_choices"])
-            _check(f"head.deconv_groups[{j}]", g, self.args["head_group_choices"])
-            if c % g or c_in % g:
-                raise GenotypeError(f"field 'genotype.head.deconv_groups[{j}]': {g} does not divide "
-                                    f"both {c_in} input and {c} output channels")
-            c_in = c
-
-    def _head(self, c_in: int, path: Path) -> ViPNASHead:
-        head = path["head"]
-        return ViPNASHead(c_in, head["deconv_channels"], head["deconv_groups"], self.args["num_keypoints"])
-
-    def supernet(self) -> ElasticPoseNet:
-        return self._make_supernet(self.largest())
-
-    def decode(self, supernet: nn.Module) -> Genotype:
-        """The supernet's active member (its set path, else the largest): no architecture weights here."""
-        path = getattr(supernet, "path", None)
-        return self._genotype(copy.deepcopy(path) if path is not None else self.largest())
-
-    def build(self, genotype: Genotype, supernet: nn.Module | None = None) -> nn.Module:
-        """The standalone network; with `supernet`, it starts from that member's shared weights."""
-        self.validate(genotype)
-        net = self._make_net(genotype.genotype)
-        return inherit_weights(net, supernet) if supernet is not None else net
