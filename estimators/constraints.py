@@ -1,29 +1,42 @@
 """Costs of a candidate network (params, GFLOPs, latency) and the constraints a search puts on them.
 
+A candidate is costed as the network `nas.retrain` and `nas.profile` will build from the genotype
+file the search emits, not as the search-time network: its space is resolved by name through
+conf/search_space/ with the genotype's own `space_args` (which may differ from the search's, e.g.
+darts_cells's `retrain_channels`), exactly as those entry points resolve it. So every cost reported
+and every limit enforced holds for the network a user retrains.
+
 Latency comes from a lookup table for the named device when one is given (fast enough to screen
-every candidate), else from a measurement of the candidate's standalone network at batch 1.
+every candidate), else from a measurement of that network at batch 1.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import torch
+from torch import nn
 
 from estimators.complexity import count_gflops, count_params
 from nas.errors import UserError
 from nas.genotype import Genotype
+from nas.spaces import resolve
 
 LIMIT_KEYS = {"latency_ms": "latency_ms", "gflops": "GFLOPs", "params_m": "params_M"}
 
 
-class CandidateCost:
-    """`costs(genotype)` -> {"params_M", "GFLOPs"[, "latency_ms"]}; `violations(costs)` -> the
-    names of the limits a candidate exceeds (empty: feasible)."""
+def emitted_network(genotype: Genotype) -> nn.Module:
+    """The standalone network of `genotype` as retrain and profile build it from its file (no
+    `space_args` overrides on their command line): `resolve(genotype).build(genotype)`."""
+    return resolve(genotype).build(genotype)
 
-    def __init__(self, space: Any, input_size: tuple[int, int], latency_ms: float | None = None,
+
+class CandidateCost:
+    """`costs(genotype)` -> {"params_M", "GFLOPs"[, "latency_ms"]} of the genotype's emitted
+    network; `violations(costs)` -> the names of the limits a candidate exceeds (empty: feasible)."""
+
+    def __init__(self, input_size: tuple[int, int], latency_ms: float | None = None,
                  gflops: float | None = None, params_m: float | None = None, device: str = "cpu",
                  threads: int | None = 1, latency_runs: int = 20, table: Any = None):
-        self.space, self.input_size = space, tuple(input_size)
+        self.input_size = tuple(input_size)
         self.limits = {k: v for k, v in (("latency_ms", latency_ms), ("gflops", gflops),
                                          ("params_m", params_m)) if v is not None}
         for key, value in self.limits.items():
@@ -32,15 +45,15 @@ class CandidateCost:
         self.device, self.threads, self.runs, self.table = device, threads, latency_runs, table
         self.with_latency = latency_ms is not None or table is not None
 
-    def measured_latency(self, genotype: Genotype, net: torch.nn.Module | None = None) -> float:
-        """Median batch-1 latency of the genotype's standalone network (`net`, when already built)."""
+    def measured_latency(self, genotype: Genotype, net: nn.Module | None = None) -> float:
+        """Median batch-1 latency of the genotype's emitted network (`net`, when already built)."""
         from estimators.latency import measure_latency
-        net = self.space.build(genotype) if net is None else net
+        net = emitted_network(genotype) if net is None else net
         return float(measure_latency(net, self.input_size, self.device, runs=self.runs,
                                      warmup=max(2, self.runs // 4), threads=self.threads)["median_ms"])
 
     def costs(self, genotype: Genotype) -> dict[str, float]:
-        net = self.space.build(genotype)
+        net = emitted_network(genotype)
         out = {"params_M": count_params(net) / 1e6, "GFLOPs": count_gflops(net, self.input_size)}
         if self.with_latency:
             if self.table is not None:

@@ -91,11 +91,13 @@ def _plot_arch_weights(run_dir: Path) -> None:
 
 def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dict:
     """What a strategy takes beyond batches, given only to those whose constructor names it: `accuracy`
-    (the held-out pose-accuracy estimator that scores candidates), `seed`, `run_dir`, `input_size`."""
+    (the held-out pose-accuracy estimator that scores candidates), `seed`, `run_dir`, `input_size`,
+    `space_name` (the search_space config name the emitted genotype file will carry)."""
     params = inspect.signature(get_class(cfg.strategy._target_)).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     offered = {"seed": cfg.seed, "run_dir": str(HydraConfig.get().runtime.output_dir),
-               "input_size": tuple(data.input_size)}
+               "input_size": tuple(data.input_size),
+               "space_name": HydraConfig.get().runtime.choices["search_space"]}  # the name genotype.json gets
     extras = {k: v for k, v in offered.items() if k in params or takes_all}
     if "accuracy" in params or takes_all:
         extras["accuracy"] = HeldOutPoseAccuracy(arch_set, device, data.flip_pairs, cfg.score_images,

@@ -6,7 +6,9 @@ Phase 2 evolves a population of genotypes: each generation keeps the best `paren
 `mutations` mutated and `crossovers` crossed-over children, and keeps the best `population`.
 A candidate's fitness is the pose accuracy of its path in the shared weights after BatchNorm
 recalibration, on a fixed, seeded subset of held-out training images. Candidates over a constraint
-(latency on a named device, GFLOPs, params) are never scored nor returned.
+(latency on a named device, GFLOPs, params) are never scored nor returned. Costs are those of the
+network `nas.retrain` / `nas.profile` build from the emitted genotype file (its space resolved by
+`space_name` with the genotype's own space_args), which can be wider than the searched supernet.
 
 Each phase-2 generation is one search epoch without training steps, so the search loop checkpoints
 after every generation: the population, the generation counter, every evaluated candidate (the
@@ -24,7 +26,7 @@ from torch import nn
 
 from estimators.constraints import CandidateCost, pareto_front
 from nas.engine.checkpoint import generator_state, set_generator_state
-from nas.engine.guards import check_finite
+from nas.engine.guards import check_finite, check_finite_grads
 from nas.engine.runtime import log
 from nas.errors import UserError
 from nas.genotype import Genotype
@@ -42,7 +44,7 @@ class Evolution:
                  generations: int = 5, parents: int = 8, mutations: int = 8, crossovers: int = 4,
                  mutation_prob: float = 0.2, constraints: dict | None = None,
                  latency_table: str | None = None, grad_clip: float = 5.0, metric: str = "AP",
-                 max_tries: int = 50):
+                 max_tries: int = 50, space_name: str | None = None):
         if not hasattr(supernet, "set_path"):
             raise UserError(f"search space {space.name!r} has no weight-sharing supernet (set_path); "
                             "strategy=evolution needs one (e.g. search_space=vipnas_mbv3)")
@@ -62,12 +64,14 @@ class Evolution:
                 raise UserError(f"strategy.supernet_steps must be >= 1, got {supernet_steps}")
             steps_per_epoch = -(-supernet_steps // epochs)
         self.train_epochs, self.steps_per_epoch = epochs, steps_per_epoch
-        self.cost = CandidateCost(space, input_size, table=_load_table(latency_table, constraints, input_size),
+        self.cost = CandidateCost(input_size, table=_load_table(latency_table, constraints, input_size),
                                   **(constraints or {}))
         self.run_dir = Path(run_dir) if run_dir else None
         self.opt = optimizer([p for p in supernet.parameters()])
         self.rng, self.path_rng = random.Random(seed), random.Random(seed + 1)
-        self.template = space.decode(supernet).to_dict()
+        # the envelope of every candidate: what nas.search writes, so costs resolve as retrain resolves
+        self.template = {**space.decode(supernet).to_dict(), "space": space_name or space.name,
+                         "input_size": list(input_size)}
         self.population: list[str] = []
         self.cache: dict[str, dict] = {}
         self.epoch, self.steps = 0, 0
@@ -97,6 +101,7 @@ class Evolution:
             loss = self.criterion(out, train_batch["target"], train_batch["target_weight"])
             total += check_finite(loss, "training loss", self.steps)
             loss.backward()
+        check_finite_grads(self.supernet.parameters(), "supernet weights", self.steps)
         nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip)
         self.opt.step()
         self.supernet.set_path(None)
@@ -110,6 +115,7 @@ class Evolution:
     def _evaluate(self, genotype: Genotype) -> dict:
         key = json.dumps(genotype.genotype, sort_keys=True)
         if key not in self.cache:
+            genotype = self._genotype(genotype.genotype)  # costed in the envelope result() emits
             costs = self.cost.costs(genotype)
             entry = {"genotype": genotype.genotype, **costs, "violations": self.cost.violations(costs)}
             if not entry["violations"]:
@@ -190,7 +196,7 @@ class Evolution:
             log.info("dropping a candidate whose measured latency %.2f ms exceeds the limit",
                      entry["measured_latency_ms"])
         raise UserError("every candidate's measured latency exceeds strategy.constraints.latency_ms; "
-                        "rebuild the latency table (python -m nas.profile ...) or loosen the limit")
+                        "rebuild the latency table (python -m nas.tools.latency_table) or loosen the limit")
 
     def _write_front(self) -> None:
         if self.run_dir is None:

@@ -57,3 +57,30 @@ class EvolutionKilledAt(Evolution):
         if self.epoch == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return super().end_epoch()
+
+
+class _NaNGradient(torch.autograd.Function):
+    """Identity forward; a NaN gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("nan"))
+
+
+class NaNGradAfter(nn.Module):
+    """The usual loss, finite at every call, whose gradient is NaN from the `after`-th call on:
+    the case a loss-value guard cannot see."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after, self.calls, self.loss = after, 0, KeypointMSELoss()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > self.after:
+            pred = _NaNGradient.apply(pred)
+        return self.loss(pred, target, weight)

@@ -2,7 +2,8 @@
 
 The stand-in supernet only remembers the path it was set to; the stand-in estimator scores a path
 by its widths, so wider is better but costs more FLOPs and the constraint decides. Costs are the
-real ones (thop on the standalone network), checked here against an independent count.
+real ones (thop on the standalone network), checked here against an independent count. One slow
+test runs a real search and profiles the genotype file it writes.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import functools
 import io
 import json
 import random
+import subprocess
 
 import pytest
 import torch
@@ -17,11 +19,13 @@ from torch import nn
 
 from estimators.complexity import count_gflops
 from estimators.constraints import pareto_front
+from nas.engine.guards import NonFiniteLossError
 from nas.errors import UserError
 from nas.pose.loss import KeypointMSELoss
 from nas.spaces import build_space
 from strategies.evolution import Evolution
 from strategies.genes import crossover, leaves, mutate
+from tests.helpers import REPO_ROOT, TINY_DATA, TINY_SPACE, NaNGradAfter, module_cmd, run_env
 
 
 class PathRecorder(nn.Module):
@@ -145,3 +149,48 @@ def test_sandwich_rule_trains_the_largest_smallest_and_random_paths_of_a_real_su
     # the largest path uses the deepest blocks of every stage: each of them has a gradient
     last_blocks = [stage[-1] for stage in supernet.stages]
     assert all(any(p.grad is not None and p.grad.abs().sum() > 0 for p in b.parameters()) for b in last_blocks)
+
+
+def test_a_nan_gradient_with_a_finite_loss_stops_the_step_and_leaves_the_weights():
+    strategy = _evolution(criterion=NaNGradAfter(after=1))
+    batch = _batch()
+    strategy.step(batch, batch)  # a good step: the weights move
+    before = {k: v.clone() for k, v in strategy.supernet.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="gradient"):
+        strategy.step(batch, batch)
+    after = strategy.supernet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# A FLOPs limit that binds only at the emitted width: every darts_cells member of the tiny space costs
+# under 0.0008 GFLOPs at the search width C=4 (64x48 input), and between about 0.0015 and 0.0023 at
+# C=8, the width the genotype file carries; about one in five is under 0.0016 there.
+EMITTED_LIMIT = 0.0016
+
+
+@pytest.mark.slow
+def test_a_search_under_a_flops_limit_emits_a_genotype_that_profiles_under_it(tmp_path):
+    space = [a for a in TINY_SPACE if not a.startswith("search_space.retrain_channels")]
+    run_dir = tmp_path / "run"
+    args = [*TINY_DATA, *space, "search_space.retrain_channels=8", "batch_size=4", "score_images=2",
+            "strategy=evolution", "epochs=1", "strategy.supernet_steps=1", "strategy.population=2",
+            "strategy.parents=1", "strategy.generations=1", "strategy.mutations=1", "strategy.crossovers=1",
+            f"strategy.constraints.gflops={EMITTED_LIMIT}", f"run_dir={run_dir}"]
+    env = run_env(tmp_path / "cache")
+    proc = subprocess.run(module_cmd("nas.search", *args), capture_output=True, text=True, timeout=300,
+                          env=env, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    genotype = json.loads((run_dir / "genotype.json").read_text())
+    assert genotype["space_args"]["init_channels"] == 8  # wider than the searched supernet
+    out = tmp_path / "profile.json"
+    proc = subprocess.run(module_cmd("nas.profile", str(run_dir / "genotype.json"), "latency=false", f"out={out}"),
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    profiled = json.loads(out.read_text())
+    assert profiled["GFLOPs"] <= EMITTED_LIMIT
+    # what the search reported for its pick is what profile measures on the file
+    assert genotype["provenance"]["costs"]["GFLOPs"] == pytest.approx(profiled["GFLOPs"], rel=1e-9)
+    assert genotype["provenance"]["costs"]["params_M"] == pytest.approx(profiled["params"] / 1e6, rel=1e-9)
+    front = json.loads((run_dir / "pareto.json").read_text())["evaluated"]
+    pick = next(e for e in front if e["genotype"] == genotype["genotype"])
+    assert pick["GFLOPs"] == pytest.approx(profiled["GFLOPs"], rel=1e-9)
