@@ -1,7 +1,10 @@
-"""Shared test fixtures. Real data is read where it lies (../shared/data), never copied in."""
+"""Shared test fixtures. Real data is read where it lies (../shared/data), never copied in; every test of
+it is marked `real_data` and has a twin on the project's own synthetic COCO-format set, so a clone
+without ../shared still tests the whole COCO path (loading, detector boxes, OKS AP, the inspector)."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see nas/__init__.py
@@ -14,6 +17,49 @@ configure_threads()  # the same thread rule as the entry points
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# the small synthetic set every clone makes for itself: 6 val images holding 12 people, 24 detector boxes
+SYNTHETIC_SPEC = dict(num_train=4, num_val=6, image_size=(160, 160), max_people=3, seed=0)
+
+
+@dataclass(frozen=True)
+class CocoSet:
+    """A COCO-format keypoint set on disk: its root, the split to read and its person-detection file."""
+    root: Path
+    split: str
+    bbox_file: str  # relative to root
+
+    @property
+    def ann_file(self) -> Path:
+        return self.root / "annotations" / f"person_keypoints_{self.split}.json"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.root / self.split
+
+
+@pytest.fixture(scope="session")
+def synthetic_coco_root(tmp_path_factory) -> Path:
+    """A small synthetic COCO-format set (nas.data.synthetic), generated once per session in a second:
+    train/ and val/ images, their keypoint annotations and person-detector boxes."""
+    from nas.data.synthetic import SyntheticSpec, generate
+    root = tmp_path_factory.mktemp("synthetic_coco")
+    generate(root, SyntheticSpec(**SYNTHETIC_SPEC), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_coco(synthetic_coco_root) -> CocoSet:
+    from nas.data.synthetic_detections import DETECTIONS_FILE
+    return CocoSet(synthetic_coco_root, "val", DETECTIONS_FILE.format(split="val"))
+
+
+@pytest.fixture(scope="session", params=["synthetic", pytest.param("coco_mini", marks=pytest.mark.real_data)])
+def coco_set(request) -> CocoSet:
+    """Each COCO-format set a generic test runs on: the synthetic one always, coco_mini where it exists."""
+    if request.param == "synthetic":
+        return request.getfixturevalue("synthetic_coco")
+    from nas.data.coco import DEFAULT_BBOX_FILE
+    return CocoSet(request.getfixturevalue("coco_mini_root"), "val2017", DEFAULT_BBOX_FILE)
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +72,16 @@ def coco_mini_root() -> Path:
     return root
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_data: reads the real COCO sample in ../shared (skipped "
+                                       "without it; a synthetic twin runs everywhere)")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` run only where CUDA is present."""
+    """Tests of the real COCO sample are marked `real_data`; tests marked `gpu` run only where CUDA is."""
+    for item in items:
+        if "coco_mini_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
     import torch
     if torch.cuda.is_available():
         return

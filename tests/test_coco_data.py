@@ -1,4 +1,5 @@
-"""The top-down COCO loader, on the real coco_mini sample and on small synthetic folders."""
+"""The top-down COCO loader, on the real coco_mini sample (real_data), on the project's synthetic set
+(`coco_set` runs a test on both) and on small hand-made folders."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from nas.data.coco import IMAGENET_MEAN, IMAGENET_STD, CocoTopDown, UnreadableIm
 from nas.data.keypoints import coco_category
 from nas.pose.decode import get_max_preds, refine_quarter_offset
 from nas.pose.flip import flip_heatmaps_back
+from tests.conftest import CocoSet
 
 
 def test_filtering_keeps_12_of_14(coco_mini_root):
@@ -37,8 +39,49 @@ def test_center_scale_of_a_real_box(coco_mini_root):
     np.testing.assert_allclose(record.scale, [324.075, 432.1], atol=1e-2)
 
 
-def test_val_sample_shapes_and_types(coco_mini_root):
-    data = CocoTopDown(coco_mini_root, "val2017")
+def _filtering_copy(tmp_path: Path, synthetic_coco: CocoSet) -> tuple[Path, int]:
+    """The synthetic val annotations with one crowd person, one without keypoints and one with an empty
+    box; the images linked. Returns the root and the number of annotations."""
+    doc = json.loads(synthetic_coco.ann_file.read_text())
+    anns = doc["annotations"]
+    assert len(anns) >= 6 and all(a["num_keypoints"] > 0 and not a["iscrowd"] for a in anns)
+    anns[1]["iscrowd"] = 1
+    anns[3]["num_keypoints"], anns[3]["keypoints"] = 0, [0] * 51
+    anns[5]["bbox"] = [10.0, 10.0, 0.0, 20.0]
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "person_keypoints_val.json").write_text(json.dumps(doc))
+    (tmp_path / "val").symlink_to(synthetic_coco.image_dir)
+    return tmp_path, len(anns)
+
+
+def test_filtering_drops_crowds_empty_boxes_and_unlabelled_people(tmp_path, synthetic_coco):
+    root, count = _filtering_copy(tmp_path, synthetic_coco)
+    data = CocoTopDown(root, "val")
+    assert len(data.coco.getAnnIds()) == count and len(data) == count - 3
+    assert data.dropped == {"iscrowd": 1, "degenerate_box": 1, "no_keypoints": 1}
+    assert data.num_keypoints == 17 and len(data.sigmas) == 17 and len(data.flip_pairs) == 8
+    assert data.image_dir == root / "val"
+
+
+def test_center_scale_of_a_synthetic_box(synthetic_coco):
+    # HRNet's rule by hand: clip [x, y, w, h] to x1 = max(0, x), x2 = min(W - 1, x1 + w - 1) (same in y),
+    # centre = box middle, grow the short side to aspect 192/256 = 0.75, times padding 1.25
+    doc = json.loads(synthetic_coco.ann_file.read_text())
+    ann = doc["annotations"][0]
+    info = next(i for i in doc["images"] if i["id"] == ann["image_id"])
+    x, y, w, h = ann["bbox"]
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2, y2 = min(info["width"] - 1.0, x1 + w - 1.0), min(info["height"] - 1.0, y1 + h - 1.0)
+    bw, bh = x2 - x1, y2 - y1
+    size = (bw, bw / 0.75) if bw > 0.75 * bh else (bh * 0.75, bh)
+    record = CocoTopDown(synthetic_coco.root, "val").samples[0]
+    assert record.image_id == ann["image_id"] and record.ann_id == ann["id"]
+    np.testing.assert_allclose(record.center, [x1 + bw / 2, y1 + bh / 2], atol=1e-3)
+    np.testing.assert_allclose(record.scale, [1.25 * size[0], 1.25 * size[1]], rtol=1e-5)
+
+
+def test_val_sample_shapes_and_types(coco_set: CocoSet):
+    data = CocoTopDown(coco_set.root, coco_set.split)
     sample = data[3]
     assert sample["image"].shape == (3, 256, 192) and sample["image"].dtype == torch.float32
     assert sample["target"].shape == (17, 64, 48) and sample["target"].dtype == torch.float32
@@ -48,18 +91,18 @@ def test_val_sample_shapes_and_types(coco_mini_root):
     assert meta["center"].dtype == np.float32 and meta["center"].shape == (2,)
     assert meta["scale"].dtype == np.float32 and meta["scale"].shape == (2,)
     assert meta["score"] == 1.0
-    # every labelled joint of coco_mini lies inside its padded box crop
+    # every labelled joint lies inside its padded box crop
     visible = data.samples[3].keypoints[:, 2] > 0
     assert sample["target_weight"][:, 0].numpy().tolist() == visible.astype(float).tolist()
     batch = next(iter(DataLoader(data, batch_size=4)))
     assert batch["image"].shape == (4, 3, 256, 192) and batch["meta"]["center"].shape == (4, 2)
 
 
-def test_crop_pixel_matches_bilinear_sample_of_the_image(coco_mini_root):
-    data = CocoTopDown(coco_mini_root, "val2017")
+def test_crop_pixel_matches_bilinear_sample_of_the_image(coco_set: CocoSet):
+    data = CocoTopDown(coco_set.root, coco_set.split)
     record, sample = data.samples[0], data[0]
     rgb = np.asarray(Image.open(record.image_path).convert("RGB"), dtype=np.float64)  # independent reader
-    row, col = 100, 60
+    row, col = 120, 80  # near the crop centre: inside the (clipped) box, so inside the image
     x = (col - 95.5) * record.scale[0] / 192 + record.center[0]
     y = (row - 127.5) * record.scale[1] / 256 + record.center[1]
     x0, y0 = int(np.floor(x)), int(np.floor(y))
@@ -70,8 +113,8 @@ def test_crop_pixel_matches_bilinear_sample_of_the_image(coco_mini_root):
     np.testing.assert_allclose(pixel * 255.0, expected, atol=2.0)  # cv2 rounds to uint8, 1/32 px
 
 
-def test_training_samples_are_valid_and_seeded(coco_mini_root):
-    data = CocoTopDown(coco_mini_root, "val2017", train=True, rot_prob=1.0)
+def test_training_samples_are_valid_and_seeded(coco_set: CocoSet):
+    data = CocoTopDown(coco_set.root, coco_set.split, train=True, rot_prob=1.0)
     for index in range(len(data)):
         sample = data[index]
         assert sample["image"].shape == (3, 256, 192) and torch.isfinite(sample["image"]).all()
@@ -89,9 +132,9 @@ def test_training_samples_are_valid_and_seeded(coco_mini_root):
     assert not torch.equal(first["image"], other["image"])
 
 
-def test_flip_augmentation_mirrors_the_val_sample(coco_mini_root):
-    val = CocoTopDown(coco_mini_root, "val2017")
-    flipped = CocoTopDown(coco_mini_root, "val2017", train=True, scale_factor=0.0, rot_prob=0.0,
+def test_flip_augmentation_mirrors_the_val_sample(coco_set: CocoSet):
+    val = CocoTopDown(coco_set.root, coco_set.split)
+    flipped = CocoTopDown(coco_set.root, coco_set.split, train=True, scale_factor=0.0, rot_prob=0.0,
                           flip_prob=1.0)
     for index in (0, 7):
         a, b = val[index], flipped[index]
@@ -109,9 +152,9 @@ def _joints_in_crop(sample: dict) -> tuple[np.ndarray, np.ndarray]:
     return (coords + 0.5) * 4.0 - 0.5 - np.array([95.5, 127.5]), sample["target_weight"][:, 0].numpy() > 0
 
 
-def test_rotation_augmentation_turns_joints_about_the_crop_centre(coco_mini_root):
-    val = CocoTopDown(coco_mini_root, "val2017")
-    rotated = CocoTopDown(coco_mini_root, "val2017", train=True, scale_factor=0.0, rot_prob=1.0,
+def test_rotation_augmentation_turns_joints_about_the_crop_centre(coco_set: CocoSet):
+    val = CocoTopDown(coco_set.root, coco_set.split)
+    rotated = CocoTopDown(coco_set.root, coco_set.split, train=True, scale_factor=0.0, rot_prob=1.0,
                           flip_prob=0.0)
     angles = []
     for seed in range(3):

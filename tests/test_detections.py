@@ -16,31 +16,56 @@ from nas.data.keypoints import COCO_SIGMAS
 from nas.errors import UserError
 from nas.metrics.coco_eval import evaluate_keypoints
 from nas.pose.nms import nms_per_image, oks_iou, oks_nms, soft_oks_nms
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, CocoSet
 
 SIGMAS = np.array(COCO_SIGMAS)
 
 
-def _detections(root: Path) -> list[dict]:
-    return json.loads((root / DEFAULT_BBOX_FILE).read_text())
+def _detections(coco_set: CocoSet) -> list[dict]:
+    return json.loads((coco_set.root / coco_set.bbox_file).read_text())
+
+
+def _people(coco_set: CocoSet) -> list[dict]:
+    """The annotations the GT-box path keeps, read from the file (all their boxes have an area)."""
+    anns = json.loads(coco_set.ann_file.read_text())["annotations"]
+    return [a for a in anns if a["num_keypoints"] > 0 and not a.get("iscrowd", 0)]
 
 
 # --- the detection-box loader -------------------------------------------------------------------
 
+def test_synthetic_detection_file_is_coco_results_format(synthetic_coco):
+    """What the generator writes: HRNet's detection-file format, a box for every annotated person
+    (its GT box moved a little), low-scored boxes on no one, and duplicates."""
+    dets = _detections(synthetic_coco)
+    assert all(set(d) == {"image_id", "category_id", "bbox", "score"} and d["category_id"] == 1
+               and len(d["bbox"]) == 4 and min(d["bbox"][2:]) >= 1.0 and 0 < d["score"] <= 1
+               for d in dets)
+    doc = json.loads(synthetic_coco.ann_file.read_text())
+    assert {d["image_id"] for d in dets} <= {i["id"] for i in doc["images"]}
+    overlaps = [[_iou(d["bbox"], a["bbox"]) if d["image_id"] == a["image_id"] else 0.0
+                 for a in doc["annotations"]] for d in dets]  # (detections, people)
+    per_person = np.array(overlaps).T
+    assert (per_person.max(axis=1) > 0.6).all()  # everyone is found
+    assert ((per_person > 0.4).sum(axis=1) >= 2).any()  # someone twice
+    assert any(max(row) < 0.3 and d["score"] < 0.3 for d, row in zip(dets, overlaps))  # no one
+
+
 @pytest.mark.parametrize("threshold", [0.0, 0.5])
-def test_one_sample_per_person_detection_above_threshold(coco_mini_root, threshold):
-    dets = _detections(coco_mini_root)
+def test_one_sample_per_person_detection_above_threshold(coco_set, threshold):
+    dets = _detections(coco_set)
     expected = [d for d in dets if d["category_id"] == 1 and d["score"] >= threshold]
-    assert 0 < len(expected) <= len(dets) == 118
-    data = CocoTopDown(coco_mini_root, "val2017", use_gt_bbox=False, det_score_threshold=threshold)
+    assert 0 < len(expected) <= len(dets)
+    assert len(dets) == (118 if coco_set.split == "val2017" else len(dets))  # coco_mini's real file
+    data = CocoTopDown(coco_set.root, coco_set.split, use_gt_bbox=False, det_score_threshold=threshold,
+                       bbox_file=coco_set.bbox_file)
     assert len(data) == len(expected)
     assert [r.score for r in data.samples] == pytest.approx([d["score"] for d in expected])
     assert [r.image_id for r in data.samples] == [d["image_id"] for d in expected]
 
 
-def test_detection_sample_has_its_box_score_and_no_targets(coco_mini_root):
-    det = _detections(coco_mini_root)[0]
-    data = CocoTopDown(coco_mini_root, "val2017", use_gt_bbox=False)
+def test_detection_sample_has_its_box_score_and_no_targets(coco_set):
+    det = _detections(coco_set)[0]
+    data = CocoTopDown(coco_set.root, coco_set.split, use_gt_bbox=False, bbox_file=coco_set.bbox_file)
     sample = data[0]
     x, y, w, h = det["bbox"]
     # box (x, y, w, h) -> centre (x + w/2, y + h/2); 256x192 input: aspect 0.75, padding 1.25
@@ -51,55 +76,56 @@ def test_detection_sample_has_its_box_score_and_no_targets(coco_mini_root):
     assert float(sample["target_weight"].sum()) == 0.0
 
 
-def test_gt_box_path_is_unchanged(coco_mini_root):
-    assert len(CocoTopDown(coco_mini_root, "val2017")) == 12  # as in test_coco_data
-    assert all(r.score == 1.0 for r in CocoTopDown(coco_mini_root, "val2017").samples)
+def test_gt_box_path_is_unchanged(coco_set):
+    data = CocoTopDown(coco_set.root, coco_set.split)
+    assert len(data) == len(_people(coco_set))  # 12 for coco_mini, as in test_coco_data
+    assert all(r.score == 1.0 for r in data.samples)
 
 
-def _mini_copy(tmp_path: Path, coco_mini_root: Path) -> Path:
-    """A root reusing coco_mini's annotations and images (linked), with no detection file yet."""
+def _copy_without_detections(tmp_path: Path, coco_set: CocoSet) -> Path:
+    """A root reusing the set's annotations and images (linked), with no detection file yet."""
     (tmp_path / "annotations").mkdir()
-    (tmp_path / "annotations" / "person_keypoints_val2017.json").symlink_to(
-        coco_mini_root / "annotations" / "person_keypoints_val2017.json")
-    (tmp_path / "val2017").symlink_to(coco_mini_root / "val2017")
+    (tmp_path / "annotations" / coco_set.ann_file.name).symlink_to(coco_set.ann_file)
+    (tmp_path / coco_set.split).symlink_to(coco_set.image_dir)
     return tmp_path
 
 
-def test_detection_file_errors(tmp_path, coco_mini_root):
-    root = _mini_copy(tmp_path, coco_mini_root)
+def test_detection_file_errors(tmp_path, coco_set):
+    root, split = _copy_without_detections(tmp_path, coco_set), coco_set.split
+    image_id = _people(coco_set)[0]["image_id"]
     with pytest.raises(FileNotFoundError, match="COCO_val2017_detections_AP_H_56_person.json"):
-        CocoTopDown(root, "val2017", use_gt_bbox=False)
-    (root / "dets.json").write_text(json.dumps({"image_id": 785}))
+        CocoTopDown(root, split, use_gt_bbox=False)
+    (root / "dets.json").write_text(json.dumps({"image_id": image_id}))
     with pytest.raises(ValueError, match="list"):
-        CocoTopDown(root, "val2017", use_gt_bbox=False, bbox_file="dets.json")
-    (root / "dets.json").write_text(json.dumps([{"image_id": 785, "bbox": [0, 0, 5, 5]}]))
+        CocoTopDown(root, split, use_gt_bbox=False, bbox_file="dets.json")
+    (root / "dets.json").write_text(json.dumps([{"image_id": image_id, "bbox": [0, 0, 5, 5]}]))
     with pytest.raises(ValueError, match="category_id"):
-        CocoTopDown(root, "val2017", use_gt_bbox=False, bbox_file="dets.json")
-    (root / "dets.json").write_text(json.dumps([{"image_id": 785, "category_id": 1, "bbox": 5,
+        CocoTopDown(root, split, use_gt_bbox=False, bbox_file="dets.json")
+    (root / "dets.json").write_text(json.dumps([{"image_id": image_id, "category_id": 1, "bbox": 5,
                                                  "score": 0.9}]))
     with pytest.raises(ValueError, match="4-number bbox"):
-        CocoTopDown(root, "val2017", use_gt_bbox=False, bbox_file="dets.json")
+        CocoTopDown(root, split, use_gt_bbox=False, bbox_file="dets.json")
     bad = [{"image_id": 123456789, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.9}]
     (root / "dets.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="123456789"):
-        CocoTopDown(root, "val2017", use_gt_bbox=False, bbox_file=str(root / "dets.json"))
+        CocoTopDown(root, split, use_gt_bbox=False, bbox_file=str(root / "dets.json"))
     with pytest.raises(ValueError, match="evaluation only"):
-        CocoTopDown(coco_mini_root, "val2017", train=True, use_gt_bbox=False)
+        CocoTopDown(coco_set.root, split, train=True, use_gt_bbox=False)
 
 
-def test_coco_data_applies_detections_to_val_only(coco_mini_root, tmp_path):
-    data = coco_data(str(coco_mini_root), train_split="val2017", use_gt_bbox=False, nms="soft_oks",
-                     nms_threshold=0.8)
-    assert len(data.train) == 12 and len(data.val) == 118
+def test_coco_data_applies_detections_to_val_only(coco_set, tmp_path):
+    splits = dict(train_split=coco_set.split, val_split=coco_set.split)
+    data = coco_data(str(coco_set.root), **splits, use_gt_bbox=False, bbox_file=coco_set.bbox_file,
+                     nms="soft_oks", nms_threshold=0.8)
+    assert len(data.train) == len(_people(coco_set)) and len(data.val) == len(_detections(coco_set))
     assert (data.nms, data.nms_threshold) == ("soft_oks", 0.8)
     with pytest.raises(UserError, match="data.nms"):
-        coco_data(str(coco_mini_root), train_split="val2017", nms="box")
+        coco_data(str(coco_set.root), **splits, nms="box")
     with pytest.raises(FileNotFoundError, match="nope.json"):  # the entry points print it once
-        coco_data(str(coco_mini_root), train_split="val2017", use_gt_bbox=False, bbox_file="nope.json")
+        coco_data(str(coco_set.root), **splits, use_gt_bbox=False, bbox_file="nope.json")
     (tmp_path / "dets.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="entry 0"):
-        coco_data(str(coco_mini_root), train_split="val2017", use_gt_bbox=False,
-                  bbox_file=str(tmp_path / "dets.json"))
+        coco_data(str(coco_set.root), **splits, use_gt_bbox=False, bbox_file=str(tmp_path / "dets.json"))
 
 
 # --- OKS and NMS --------------------------------------------------------------------------------
@@ -176,13 +202,15 @@ def _iou(a: list[float], b: list[float]) -> float:
     return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
 
 
-def test_gt_keypoints_on_detections_with_nms_score_high(coco_mini_root):
+def test_gt_keypoints_on_detections_with_nms_score_high(coco_set):
     """Each detection 'predicts' the GT pose whose box it overlaps most: after NMS the AP is high."""
-    data = CocoTopDown(coco_mini_root, "val2017", use_gt_bbox=False)
+    data = CocoTopDown(coco_set.root, coco_set.split, use_gt_bbox=False, bbox_file=coco_set.bbox_file)
     anns = data.coco.loadAnns(data.coco.getAnnIds(catIds=[1], iscrowd=False))
     results, assigned = [], set()
     for record in data.samples:
         same = [a for a in anns if a["image_id"] == record.image_id and a["num_keypoints"] > 0]
+        if not same:  # a box on an image without people: nothing to copy
+            continue
         best = max(same, key=lambda a: _iou(a["bbox"], record.box.tolist()))
         assigned.add(best["id"])
         kpts = np.array(best["keypoints"], dtype=float).reshape(-1, 3)
@@ -198,10 +226,20 @@ def test_gt_keypoints_on_detections_with_nms_score_high(coco_mini_root):
     assert ap >= 0.8 and ap > ap_without_nms  # duplicates outranking true matches cost AP
 
 
+def _published_factor(keypoints: list[float]) -> float:
+    """HRNet's/MMPose's rescoring factor: the mean confidence of the joints above 0.2, 0 when none is."""
+    conf = np.array(keypoints[2::3])
+    return float(conf[conf > 0.2].mean()) if (conf > 0.2).any() else 0.0
+
+
 @pytest.mark.slow
-def test_evaluate_cli_on_detector_boxes(tmp_path, coco_mini_root):
+def test_evaluate_cli_on_detector_boxes(tmp_path, coco_set):
+    """Retrain one epoch, evaluate on the detector boxes: one prediction per box at most (OKS-NMS), each
+    scored by its box's score times the published rescoring factor."""
     env = {**os.environ, "POSENAS_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    common = ["data=coco", f"data.root={coco_mini_root}", "data.train_split=val2017", "num_workers=0"]
+    train_split = "val2017" if coco_set.split == "val2017" else "train"  # coco_mini has no train split
+    common = ["data=coco", f"data.root={coco_set.root}", f"data.train_split={train_split}",
+              f"data.val_split={coco_set.split}", f"data.bbox_file={coco_set.bbox_file}", "num_workers=0"]
     run_dir = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "nas.retrain", "genotypes/weak_plain_conv.json", *common,
                     "epochs=1", "batch_size=4", f"run_dir={run_dir}"], cwd=REPO_ROOT, env=env,
@@ -214,4 +252,9 @@ def test_evaluate_cli_on_detector_boxes(tmp_path, coco_mini_root):
     metrics = json.loads((run_dir / "eval_metrics.json").read_text())
     assert 0.0 <= metrics["AP"] <= 1.0
     preds = json.loads((run_dir / "eval_predictions.json").read_text())
-    assert 0 < len(preds) <= 118  # one per detector box at most (OKS-NMS may drop some)
+    dets = _detections(coco_set)
+    assert 0 < len(preds) <= len(dets)  # one per detector box at most (OKS-NMS may drop some)
+    for pred in preds:  # some box of its image, times the factor, gives its score
+        factor = _published_factor(pred["keypoints"])
+        assert any(abs(pred["score"] - d["score"] * factor) < 1e-5
+                   for d in dets if d["image_id"] == pred["image_id"]), pred["score"]

@@ -12,6 +12,7 @@ COCO keypoints are usually read); a box [x, y, w, h] covers pixel columns x .. x
 Layout (mirrors COCO's `train2017/` and `annotations/person_keypoints_train2017.json`):
     root/annotations/person_keypoints_{train,val}.json
     root/{train,val}/000000000001.jpg ...
+    root/person_detection_results/synthetic_{train,val}_detections.json   (see synthetic_detections)
 """
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ import cv2
 import numpy as np
 
 from nas.data.keypoints import NUM_COCO_KEYPOINTS, coco_category
+from nas.data.synthetic_detections import DETECTION_STREAM, DETECTIONS_FILE, detect
 from nas.data.synthetic_person import KEYPOINT_PARTS, draw_person, sample_look
 from nas.data.synthetic_scenery import draw_background, draw_occluder
 from nas.data.synthetic_skeleton import Pose, sample_pose
 from nas.errors import UserError
 
-GENERATOR_VERSION = 3          # bump when the rendering changes, so caches regenerate
+GENERATOR_VERSION = 4          # bump when the rendering or the files written change, so caches regenerate
 SPLITS = ("train", "val")
 HEIGHT_RANGE = (0.3, 0.95)     # person height as a fraction of the image height
 # `area` sets the OKS scale. Stick figures fill about 0.28 of their box where a COCO person's mask
@@ -145,11 +147,16 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
     return image, [a for a in anns if a is not None]
 
 
+def _write_json(path: Path, doc: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, separators=(",", ":")))
+
+
 def _write_split(root: Path, spec: SyntheticSpec, split_index: int, count: int, progress) -> None:
-    """Render the images of one split and write its annotation file."""
+    """Render the images of one split and write its annotation and person-detection files."""
     split = SPLITS[split_index]
     (root / split).mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images, annotations, detections = [], [], []
     for i in range(count):
         rng = np.random.default_rng([spec.seed, split_index, i])
         image, anns = render_scene(rng, *spec.image_size, spec.max_people)
@@ -159,13 +166,14 @@ def _write_split(root: Path, spec: SyntheticSpec, split_index: int, count: int, 
                        "height": spec.image_size[0], "width": spec.image_size[1]})
         first_id = len(annotations) + 1
         annotations += [{"id": first_id + j, "image_id": image_id, **a} for j, a in enumerate(anns)]
+        detections += detect(np.random.default_rng([spec.seed, split_index, i, DETECTION_STREAM]), anns,
+                             image_id, *spec.image_size)
         progress()
     info = {"description": "posenas synthetic multi-person keypoints", "split": split,
             "generator_version": GENERATOR_VERSION, "spec": asdict(spec)}
     doc = {"info": info, "images": images, "annotations": annotations, "categories": [coco_category()]}
-    path = root / "annotations" / f"person_keypoints_{split}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, separators=(",", ":")))
+    _write_json(root / DETECTIONS_FILE.format(split=split), detections)
+    _write_json(root / "annotations" / f"person_keypoints_{split}.json", doc)  # last: marks it complete
 
 
 def generate(root: Path, spec: SyntheticSpec, progress: bool = True) -> None:
