@@ -50,7 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                          nms=data.nms, nms_threshold=data.nms_threshold,
                          decode=cfg.decode, sigma=data.val.sigma)
     scores = data.val.evaluate(preds)  # the dataset's own metric: AP for COCO-style data, PCKh for MPII
-    out_dir.mkdir(parents=True, exist_ok=True)  # eval_*: retrain's predictions.json there is left alone
+    out_dir.mkdir(parents=True, exist_ok=True)  # eval_*: retrain's *_predictions.json stay
     atomic_write_text(out_dir / "eval_predictions.json", json.dumps(preds) + "\n")
     atomic_write_text(out_dir / "eval_metrics.json", json.dumps(scores, indent=2) + "\n")
     return scores

@@ -4,6 +4,12 @@ Builds the genotype's standalone network (the space is resolved only through con
 trains it, evaluates it with flip test on the validation split (through the dataset's own metric:
 COCO OKS AP for COCO-style data, PCKh for MPII; best.pt is picked by that primary metric)
 and writes results.json with the metrics, params and GFLOPs.
+
+Model selection: the best epoch is picked on the same validation split its metrics are reported on,
+as HRNet and MMPose do (their published numbers are the best validation epoch's). That is an optimistic
+estimate, so results.json also holds the last epoch's metrics under "last" (no selection), and says
+so under "model_selection". The flat metric keys are the best epoch's, those of best.pt; its predictions
+are best_predictions.json, the last epoch's last_predictions.json.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from nas.data.bad_images import BadImageMonitor
 from nas.engine.checkpoint import load_checkpoint
 from nas.engine.runtime import (check_decoder, configure_threads, log, make_loader, pick_device, prepare_run_dir,
                                 save_config, seed_everything)
-from nas.engine.train_loop import Trainer
+from nas.engine.train_loop import BEST_PREDICTIONS, LAST_PREDICTIONS, Trainer
 from nas.errors import UserError
 from nas.genotype import load
 from nas.pose.predict import predict_coco
@@ -66,11 +72,14 @@ def retrain(cfg: DictConfig) -> dict:
         preds = predict_coco(net, val_loader, device, data.flip_pairs, flip=cfg.flip_test,
                              nms=data.nms, nms_threshold=data.nms_threshold,
                              decode=cfg.decode, sigma=data.val.sigma)
-        return data.val.evaluate(preds, out_dir=run_dir)
+        return data.val.evaluate(preds), preds  # the trainer writes the predictions files
 
-    best = trainer.fit(train_loader, evaluate, cfg.eval_every, run_dir, resume_from)
+    fitted = trainer.fit(train_loader, evaluate, cfg.eval_every, run_dir, resume_from)
+    best, last = fitted["best"], fitted["last"]
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     results = {**{k: v for k, v in best.items() if k != "epoch"}, "best_epoch": best["epoch"],
+               "last": last, "model_selection": _selection_note(data.val.primary_metric),
+               "predictions": {"best": BEST_PREDICTIONS, "last": LAST_PREDICTIONS},
                "params": count_params(model), "GFLOPs": count_gflops(model, tuple(input_size)),
                "primary_metric": data.val.primary_metric, "input_size": input_size,
                "heatmap_size": heatmap_size, "flip_test": cfg.flip_test,
@@ -78,6 +87,12 @@ def retrain(cfg: DictConfig) -> dict:
                "checkpoint": str(run_dir / "best.pt")}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _selection_note(primary: str) -> str:
+    return (f"best_epoch has the highest {primary} on the validation split these metrics are computed "
+            "on (as HRNet and MMPose select), so the flat metrics are optimistic; 'last' holds the "
+            "final epoch's metrics, without selection")
 
 
 @hydra.main(config_path="pkg://conf", config_name="retrain", version_base="1.3")

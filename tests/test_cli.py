@@ -102,7 +102,7 @@ def test_retrain_writes_results_with_coco_metrics(cache, searched, tmp_path):
         assert key in results, key
     assert 0.0 <= results["AP"] <= 1.0 and results["params"] > 0 and results["GFLOPs"] > 0
     assert (tmp_path / "r" / "best.pt").is_file()
-    preds = json.loads((tmp_path / "r" / "predictions.json").read_text())
+    preds = json.loads((tmp_path / "r" / "best_predictions.json").read_text())
     assert preds and len(preds[0]["keypoints"]) == 51
     # the checkpoint alone (it carries the genotype) rebuilds the network and scores the same
     again = _run(cache, "nas.evaluate", str(tmp_path / "r" / "best.pt"), *TINY_DATA[:4], "num_workers=0")
@@ -218,7 +218,7 @@ def test_retrain_and_evaluate_on_mpii_report_pckh(tmp_path):
     assert results["primary_metric"] == "PCKh" and "AP" not in results
     assert 0.0 <= results["PCKh"] <= 100.0 and results["PCKh"] == results["Mean"]
     assert "PCKh " in proc.stdout
-    preds = json.loads((tmp_path / "r" / "predictions.json").read_text())
+    preds = json.loads((tmp_path / "r" / "best_predictions.json").read_text())
     assert sorted(p["index"] for p in preds) == [0, 1, 2, 3]  # one per person, aligned by index
     again = _run(tmp_path, "nas.evaluate", str(tmp_path / "r" / "best.pt"), *mpii[:5])
     assert again.returncode == 0, again.stderr[-3000:]
