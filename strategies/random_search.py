@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from nas.engine.checkpoint import generator_state, set_generator_state
-from nas.engine.guards import check_finite
+from nas.engine.guards import check_finite, check_finite_grads
 from nas.engine.runtime import log
 from nas.errors import UserError
 from nas.genotype import Genotype
@@ -90,7 +90,9 @@ class RandomSearch:
         loss = self.criterion(net(batch["image"]), batch["target"], batch["target_weight"])
         value = check_finite(loss, "training loss", self.steps)
         loss.backward()
-        nn.utils.clip_grad_norm_(_weights(net), self.grad_clip)
+        stepped = [p for group in self.opt.param_groups for p in group["params"]]
+        check_finite_grads(stepped, "network weights", self.steps)  # before clipping spreads a NaN
+        nn.utils.clip_grad_norm_(stepped, self.grad_clip)
         self.opt.step()
         return value
 

@@ -11,10 +11,12 @@ from torch import nn
 
 from estimators.accuracy import recalibrate_bn
 from nas.data.coco import CocoTopDown
+from nas.engine.guards import NonFiniteLossError
 from nas.metrics.coco_eval import evaluate_keypoints
 from nas.pose.loss import KeypointMSELoss
 from nas.spaces import build_space
 from strategies.random_search import RandomSearch
+from tests.helpers import NaNGradAfter
 
 
 def test_recalibrated_bn_statistics_are_the_plain_average_over_the_batches():
@@ -107,3 +109,20 @@ def test_weight_sharing_needs_a_supernet_with_paths():
     from nas.errors import UserError
     with pytest.raises(UserError, match="strategy=random"):
         _strategy(weight_sharing=True)
+
+
+@pytest.mark.parametrize("weight_sharing", [False, True])
+def test_a_nan_gradient_with_a_finite_loss_stops_the_step_and_leaves_the_weights(weight_sharing):
+    extra = {}
+    if weight_sharing:  # a space whose supernet trains paths
+        space = build_space("darts_cells", dict(init_channels=4, layers=3, steps=2, reductions=1))
+        extra = dict(space=space, supernet=space.supernet(), weight_sharing=True, supernet_steps=4)
+    strategy, data = _strategy(criterion=NaNGradAfter(after=1), **extra), _batches(2)
+    strategy.step(data[0], data[0])  # a good step: the weights and Adam's moments move
+    before = {k: v.detach().clone() for k, v in strategy.net.named_parameters()}  # not BN buffers
+    moments = [v.clone() for state in strategy.opt.state.values() for v in state.values()]
+    with pytest.raises(NonFiniteLossError, match="gradient"):
+        strategy.step(data[1], data[1])
+    assert all(torch.equal(before[k], v) for k, v in strategy.net.named_parameters())
+    assert all(torch.equal(a, b) for a, b in zip(moments, [v for st in strategy.opt.state.values()
+                                                         for v in st.values()]))
