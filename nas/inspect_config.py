@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class InspectConfig:
     data: Any = None
-    split: str = "val"                 # val, train or both
+    split: Optional[str] = None        # val, train, both; null = every split whose annotations exist
     max_samples: Optional[int] = None  # cap per split (the first N instances); null = all
     batch_size: int = 32
     num_workers: int = 1

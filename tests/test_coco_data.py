@@ -207,3 +207,17 @@ def test_unreadable_image_names_the_file(tmp_path):
     data = CocoTopDown(tmp_path, "val")
     with pytest.raises(UnreadableImageError, match="a.jpg"):
         data[0]
+
+
+def test_coco_data_builds_only_the_asked_splits(tmp_path, synthetic_coco):
+    from nas.data.build import coco_data
+    from nas.errors import UserError
+    (tmp_path / "annotations").mkdir()  # val annotations only, as in a first download
+    (tmp_path / "annotations" / "person_keypoints_val.json").symlink_to(synthetic_coco.ann_file)
+    (tmp_path / "val").symlink_to(synthetic_coco.image_dir)
+    data = coco_data(str(tmp_path), train_split="train", val_split="val", splits=["val"])
+    assert data.train is None and len(data.val) > 0 and data.num_keypoints == 17
+    with pytest.raises(UserError, match="person_keypoints_train.json"):  # asked for: the user's to fix
+        coco_data(str(tmp_path), train_split="train", val_split="val")
+    with pytest.raises(UserError, match="splits"):
+        coco_data(str(tmp_path), train_split="train", val_split="val", splits=["test"])

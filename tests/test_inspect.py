@@ -1,4 +1,5 @@
-"""python -m nas.data, the dataset inspector, run as a user runs it: a real process on real or tiny data."""
+"""python -m nas.data, the dataset inspector: run as a user runs it (a real process) on real or tiny data,
+and in-process (the same config composition) on the project's synthetic COCO-format set."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from nas.errors import UserError
+from tests.conftest import CocoSet
 from tests.helpers import REPO_ROOT, module_cmd, run_env
 
 COCO_SPLITS = ["data=coco", "data.train_split=val2017", "data.val_split=val2017", "num_workers=0"]
@@ -22,9 +25,90 @@ def _inspect(cache: Path, out_dir: Path, *args: str) -> tuple[subprocess.Complet
     return proc, json.loads((out_dir / "summary.json").read_text())
 
 
+def _inspect_here(out_dir: Path, *overrides: str) -> dict:
+    """The inspector in this process, on the config `python -m nas.data <overrides>` would compose."""
+    from hydra import compose, initialize_config_module
+
+    from nas.data.inspect import inspect_data
+    from nas.inspect_config import register
+    register()
+    with initialize_config_module("conf", version_base="1.3"):
+        cfg = compose("inspect", overrides=[*overrides, "num_workers=0", f"out_dir={out_dir}"])
+    return inspect_data(cfg)
+
+
+def _val_only_download(tmp_path: Path, synthetic_coco: CocoSet) -> Path:
+    """A COCO 2017 layout holding only the val annotations and images (the synthetic val split)."""
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copy(synthetic_coco.ann_file, root / "annotations" / "person_keypoints_val2017.json")
+    (root / "val2017").symlink_to(synthetic_coco.image_dir)
+    return root
+
+
+def test_val_only_download_inspects_val_and_names_missing_train(tmp_path, synthetic_coco):
+    """The first thing a user downloads: only person_keypoints_val2017.json. No split asked: the splits
+    that exist are inspected and the missing one named; exit status 0."""
+    root = _val_only_download(tmp_path, synthetic_coco)
+    proc, summary = _inspect(tmp_path / "cache", tmp_path / "out", "data=coco", f"data.root={root}",
+                             "num_workers=0", "num_images=0")
+    assert [s["split"] for s in summary["splits"]] == ["val"]
+    assert summary["splits"][0]["instances_loaded"] > 0
+    assert list(summary["missing_splits"]) == ["train"]
+    assert "person_keypoints_train2017.json" in summary["missing_splits"]["train"]
+    assert "[train] missing" in proc.stdout
+
+
+def test_only_the_asked_split_is_built(tmp_path, synthetic_coco):
+    root = _val_only_download(tmp_path, synthetic_coco)
+    summary = _inspect_here(tmp_path / "out", "data=coco", f"data.root={root}", "split=val", "num_images=0")
+    assert [s["split"] for s in summary["splits"]] == ["val"] and summary["missing_splits"] == {}
+    with pytest.raises(UserError, match="person_keypoints_train2017.json"):  # asked for, so an error
+        _inspect_here(tmp_path / "out", "data=coco", f"data.root={root}", "split=train")
+    (root / "annotations" / "person_keypoints_val2017.json").unlink()
+    with pytest.raises(UserError, match="no split found"):
+        _inspect_here(tmp_path / "out", "data=coco", f"data.root={root}")
+
+
+def test_synthetic_counts_round_trip_and_pictures(tmp_path, synthetic_coco):
+    """The twin of the coco_mini test below: counts read from the annotation file itself."""
+    doc = json.loads(synthetic_coco.ann_file.read_text())
+    people = [a for a in doc["annotations"] if a["num_keypoints"] > 0]
+    summary = _inspect_here(tmp_path / "out", "data=coco", f"data.root={synthetic_coco.root}",
+                            "data.train_split=val", "data.val_split=val", "split=val", "num_images=3")
+    (val,) = summary["splits"]
+    assert val["images_in_annotations"] == len(doc["images"])
+    assert val["images_loaded"] == len({a["image_id"] for a in people})
+    assert val["instances_kept"] == val["instances_loaded"] == len(people)
+    assert val["dropped"] == {"iscrowd": 0, "degenerate_box": 0, "no_keypoints": 0}
+    assert val["unreadable_images"] == 0 and val["primary_metric"] == "AP"
+    assert val["round_trip"]["quarter"] >= 0.9 and val["round_trip"]["dark"] >= 0.9
+    assert val["round_trip_error_px"]["dark"] < val["round_trip_error_px"]["quarter"]
+    assert len(list((tmp_path / "out").glob("val_*.png"))) == 3
+
+
+def test_synthetic_corrupt_image_is_counted_and_named(tmp_path, synthetic_coco):
+    """The twin of the coco_mini corrupt-image test: one unreadable image, its people counted, not fatal."""
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco.root, root)
+    doc = json.loads(synthetic_coco.ann_file.read_text())
+    bad_id = doc["annotations"][0]["image_id"]
+    bad = root / "val" / next(i["file_name"] for i in doc["images"] if i["id"] == bad_id)
+    bad.write_bytes(b"not a jpeg at all")
+    on_bad = sum(a["image_id"] == bad_id for a in doc["annotations"])
+    summary = _inspect_here(tmp_path / "out", "data=coco", f"data.root={root}", "data.train_split=val",
+                            "data.val_split=val", "split=both", "augment=true", "num_images=0")
+    train, val = summary["splits"]
+    assert val["unreadable_images"] == 1 and val["unreadable_instances"] == on_bad
+    assert val["unreadable_paths"] == [str(bad)]
+    assert val["instances_loaded"] == len(doc["annotations"]) - on_bad
+    assert train["unreadable_paths"] == [str(bad)] and train["unreadable_instances"] == on_bad
+    assert train["instances_loaded"] == len(doc["annotations"]) and train["round_trip"] is None
+
+
 def test_coco_mini_counts_round_trip_and_pictures(coco_mini_root, tmp_path):
     proc, summary = _inspect(tmp_path / "cache", tmp_path / "out", *COCO_SPLITS,
-                             f"data.root={coco_mini_root}")
+                             f"data.root={coco_mini_root}", "split=val")
     (val,) = summary["splits"]
     assert val["split"] == "val"
     # the annotation file: 4 images with 1, 3, 5 and 5 people, two of them with num_keypoints == 0
@@ -99,7 +183,7 @@ def test_mpii_round_trip_scores_pckh(tmp_path):
     for split in ("train", "valid"):
         (root / "annot" / f"{split}.json").write_text(json.dumps([person]))
     proc, summary = _inspect(tmp_path / "cache", tmp_path / "out", "data=mpii", f"data.root={root}",
-                             "num_workers=0", "num_images=1")
+                             "num_workers=0", "num_images=1", "split=val")
     (val,) = summary["splits"]
     assert val["primary_metric"] == "PCKh" and val["instances_loaded"] == 1
     assert val["round_trip"] == {"quarter": pytest.approx(100.0), "dark": pytest.approx(100.0)}

@@ -1,6 +1,7 @@
 """python -m nas.data [data=coco data.root=/path] [split=val|train|both] [overrides]  ->  dataset inspector
 
-Loads every sample of the chosen split(s) through the real pipeline, with no model, and prints the
+Without split=, inspects every split whose annotations exist and names the missing ones. Loads every
+sample of the chosen split(s) through the real pipeline, with no model, and prints the
 counts, the round-trip score of the ground truth (encoded to targets, decoded with the quarter offset
 and with DARK) and the loading speed; writes summary.json and a few PNGs to out_dir. Logic in
 nas/data/inspect.py.

@@ -16,7 +16,7 @@ from nas.data.keypoints import COCO_FLIP_PAIRS, COCO_SIGMAS, NUM_COCO_KEYPOINTS
 from nas.data.transforms import box_to_center_scale
 # re-exported: other modules import these names from here
 from nas.data.topdown import (IMAGENET_MEAN, IMAGENET_STD, InstanceRecord,  # noqa: F401
-                              TopDownDataset, UnreadableImageError, read_rgb)
+                              MissingSplitError, TopDownDataset, UnreadableImageError, read_rgb)
 from nas.errors import UserError
 # load_coco is re-exported too; the dataset -> metric direction is the only one (nas.metrics.coco_eval)
 from nas.metrics.coco_eval import evaluate_keypoints, load_coco
@@ -89,7 +89,7 @@ class CocoTopDown(TopDownDataset):
         root = Path(root)
         self.ann_file = root / "annotations" / f"person_keypoints_{split}.json"
         if not self.ann_file.is_file():
-            raise FileNotFoundError(
+            raise MissingSplitError(
                 f"keypoint annotations for split {split!r} not found: expected {self.ann_file}")
         self.image_dir = _find_image_dir(root, split)
         self._set_pipeline(input_size, heatmap_size, sigma, train, padding, scale_factor, rot_factor,

@@ -1,7 +1,8 @@
 """The dataset inspector behind `python -m nas.data`: what the pipeline makes of a dataset, without a model.
 
-For each chosen split it loads every sample through the dataset's own `__getitem__` with a DataLoader and
-reports:
+It builds only the chosen split(s) (`split=null`: every split whose annotations exist, naming the missing
+ones), so a download holding only the val annotations can be inspected. For each split it loads every
+sample through the dataset's own `__getitem__` with a DataLoader and reports:
 - counts: images, instances kept, instances dropped at load time by reason (`dataset.dropped`), and
   image files that could not be read (each failing sample is caught and skipped, not fatal);
 - the round-trip score: the target heatmaps the pipeline made from the ground truth, decoded back to
@@ -20,11 +21,11 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from nas.data.build import build_splits
 from nas.data.topdown import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError
 from nas.data.keypoints import COCO_SKELETON, NUM_COCO_KEYPOINTS
 from nas.engine.runtime import configure_threads
@@ -217,8 +218,9 @@ def inspect_split(dataset: Any, name: str, out_dir: Path, batch_size: int, num_w
 
 def inspect_data(cfg: DictConfig) -> dict[str, Any]:
     """Build `cfg.data`, inspect the chosen split(s), write summary.json; returns the summary."""
-    if cfg.split not in SPLITS:
-        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
+    if cfg.split is not None and cfg.split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)} or null (those that exist), "
+                        f"got {cfg.split!r}")
     if cfg.batch_size < 1 or cfg.num_workers < 0 or cfg.num_images < 0:
         raise UserError("batch_size must be >= 1, num_workers and num_images >= 0")
     if cfg.max_samples is not None and cfg.max_samples < 1:
@@ -227,10 +229,11 @@ def inspect_data(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("runs/inspect") / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    data = instantiate(cfg.data)
+    asked = SPLITS[cfg.split] if cfg.split is not None else None
+    data, missing = build_splits(cfg.data, asked)
     build_s = time.perf_counter() - start
     splits = []
-    for name in SPLITS[cfg.split]:
+    for name in (n for n in asked or SPLITS["both"] if getattr(data, n, None) is not None):
         dataset = getattr(data, name)
         round_trip = True
         if getattr(dataset, "train", False):
@@ -244,7 +247,7 @@ def inspect_data(cfg: DictConfig) -> dict[str, Any]:
     summary = {"data": getattr(data, "name", None), "input_size": list(data.input_size),
                "heatmap_size": list(data.heatmap_size), "build_s": round(build_s, 3),
                "wall_s": round(time.perf_counter() - start, 3), "out_dir": str(out_dir),
-               "splits": splits}
+               "splits": splits, "missing_splits": missing}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -287,5 +290,6 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"  round-trip      skipped ({s['round_trip_note']})")
         lines.append(f"  throughput      {s['samples_per_s']:.1f} samples/s  "
                      f"(wall {s['wall_s']:.2f} s, {s['images_written']} PNGs)")
+    lines += [f"[{name}] missing, not inspected: {why}" for name, why in summary["missing_splits"].items()]
     lines.append(f"wrote {summary['out_dir']}/summary.json")
     return "\n".join(lines)

@@ -18,9 +18,15 @@ from torch.utils.data import Dataset
 from nas.data.bad_images import UnreadableImageError, read_or_next
 from nas.data.half_body import half_body_crop
 from nas.data.transforms import affine_points, flip_keypoints, generate_heatmaps, get_affine_transform
+from nas.errors import UserError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+class MissingSplitError(UserError, FileNotFoundError):
+    """A split whose annotation file is absent: the inspector reports it and goes on with the others;
+    elsewhere it is the user's to fix (a UserError, and a FileNotFoundError for older callers)."""
 
 
 @dataclass
