@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import Dataset, Subset
 
 from nas.engine.runtime import make_loader
@@ -46,22 +47,14 @@ def _pick_images(view: Any, indices: Sequence[int], max_images: int | None,
 
 
 def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
-    """Replace every BatchNorm's running statistics by their plain average over `batches`."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or not batches:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch counts the same
-    was_training = model.training
-    model.train()
-    with torch.no_grad():
-        for images in batches:
-            model(images)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
+    """Replace every BatchNorm's running statistics by their plain average over `batches`.
+
+    torch's `update_bn` does exactly this (statistics reset, cumulative average with momentum None,
+    mode and momenta restored); the guard keeps the statistics when there is nothing to average,
+    where `update_bn` would leave them reset to mean 0 and variance 1.
+    """
+    if batches:
+        update_bn(batches, model)
 
 
 class HeldOutPoseAccuracy:

@@ -1,4 +1,4 @@
-"""Latency of a network: measured on this machine (and, later, estimated from a lookup table).
+"""Latency of a network measured on this machine (estimators/latency_table.py estimates it from blocks).
 
 Measured latency is wall-clock time of a forward pass at a fixed input size, after warm-up runs
 (first calls pay for allocation and kernel selection). The median is the figure to quote: it is
@@ -7,10 +7,10 @@ robust to the occasional scheduler hiccup that inflates the mean on a shared mac
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,15 +46,6 @@ def _timed_runs(model: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> li
     return times
 
 
-def _percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (as numpy's default), without needing numpy for one number."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def measure_latency(model: nn.Module, input_size: tuple[int, int], device: str | torch.device = "cpu",
                     runs: int = 50, warmup: int = 10, batch_size: int = 1,
                     threads: int | None = None) -> dict[str, float | int | str]:
@@ -76,8 +67,8 @@ def measure_latency(model: nn.Module, input_size: tuple[int, int], device: str |
             times = _timed_runs(model, x, runs, warmup)
     finally:
         model.train(was_training)
-    return {"median_ms": statistics.median(times), "mean_ms": statistics.fmean(times),
-            "p90_ms": _percentile(times, 0.9), "runs": runs, "batch_size": batch_size,
+    return {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times)),
+            "p90_ms": float(np.percentile(times, 90)), "runs": runs, "batch_size": batch_size,
             "device": str(device)}
 
 

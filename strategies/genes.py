@@ -3,8 +3,7 @@
 A genotype's genes are the leaves of its `genotype` tree (an op name, a kernel size, an input
 index...). A mutation replaces each gene, with probability `prob`, by the gene at the same place in
 a fresh random member of the space; a crossover takes each gene from one of two parents. Children
-are validated by the space and redrawn when invalid. A space with its own `mutate(genotype, rng)`
-or `crossover(a, b, rng)` takes precedence.
+are validated by the space and redrawn when invalid.
 """
 from __future__ import annotations
 
@@ -52,8 +51,6 @@ def _valid(space: Any, genotype: Genotype) -> bool:
 
 def mutate(space: Any, parent: Genotype, rng: random.Random, prob: float, tries: int = 20) -> Genotype:
     """A valid child differing from `parent` in at least one gene (the parent itself if none is found)."""
-    if hasattr(space, "mutate"):
-        return space.mutate(parent, rng)
     genes = list(leaves(parent.genotype))
     for _ in range(tries):
         donor = space.sample(rng).genotype
@@ -72,8 +69,6 @@ def mutate(space: Any, parent: Genotype, rng: random.Random, prob: float, tries:
 
 def crossover(space: Any, a: Genotype, b: Genotype, rng: random.Random, tries: int = 20) -> Genotype:
     """A valid child taking each gene from `a` or `b` at random (`a` itself if none is found)."""
-    if hasattr(space, "crossover"):
-        return space.crossover(a, b, rng)
     for _ in range(tries):
         child = copy.deepcopy(a.genotype)
         for path, _ in leaves(a.genotype):
