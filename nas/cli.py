@@ -6,8 +6,10 @@ import sys
 from typing import Iterator
 
 from hydra.errors import InstantiationException
+from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from nas.config import check_config
 from nas.data.topdown import UnreadableImageError
 from nas.engine.guards import NonFiniteLossError
 from nas.errors import UserError
@@ -18,9 +20,12 @@ EXIT_NON_FINITE = 3
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Errors the user can fix print once, without a traceback; internal errors keep theirs."""
+def user_errors(cfg: DictConfig | None = None) -> Iterator[None]:
+    """Errors the user can fix print once, without a traceback; internal errors keep theirs.
+    Given the composed config, it is checked first (`nas.config.check_config`), before any work."""
     try:
+        if cfg is not None:
+            check_config(cfg)
         yield
     except (UserError, GenotypeError, FileNotFoundError, UnreadableImageError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -29,8 +34,9 @@ def user_errors() -> Iterator[None]:
         key = getattr(err, "full_key", "") or "a required value"
         print(f"error: {key} is not set; give it on the command line ({key}=...)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    except InstantiationException as err:
-        print(f"error: bad config: {err}", file=sys.stderr)
+    except InstantiationException as err:  # Hydra's message spans lines: target, cause, full_key
+        print("error: bad config: " + "; ".join(line.strip() for line in str(err).splitlines() if line.strip()),
+              file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)

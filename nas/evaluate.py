@@ -58,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(config_path="pkg://conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with user_errors(cfg):  # checks cfg first (nas.config.check_config)
         scores = evaluate(cfg)
     print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))  # the primary metric (AP, PCKh) first
 

@@ -89,7 +89,7 @@ def report(result: dict) -> str:
 
 @hydra.main(config_path="pkg://conf", config_name="profile", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with user_errors(cfg):  # checks cfg first (nas.config.check_config)
         print(report(profile(cfg)))
 
 

@@ -97,7 +97,7 @@ def _selection_note(primary: str) -> str:
 
 @hydra.main(config_path="pkg://conf", config_name="retrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with user_errors(cfg):  # checks cfg first (nas.config.check_config)
         results = retrain(cfg)
     primary = results["primary_metric"]
     extra = f"  AP50 {results['AP50']:.4f}" if primary == "AP" and "AP50" in results else ""

@@ -109,7 +109,7 @@ def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dic
 
 @hydra.main(config_path="pkg://conf", config_name="search", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with user_errors(cfg):  # checks cfg first (nas.config.check_config)
         path = search(cfg)
     print(f"\ngenotype written to {path}\nretrain it with:\n  python -m nas.retrain {path}")
 

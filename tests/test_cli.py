@@ -303,3 +303,21 @@ def test_evolution_killed_between_generations_resumes_to_the_same_result(cache, 
     evaluated = [json.loads((d / "pareto.json").read_text())["evaluated"] for d in (full, killed)]
     assert [e["genotype"] for e in evaluated[0]] == [e["genotype"] for e in evaluated[1]]
     assert [e.get("AP") for e in evaluated[0]] == [e.get("AP") for e in evaluated[1]]
+
+
+@pytest.mark.parametrize("module, args, key", [
+    ("nas.search", ["strategy.unrolled=maybe"], "strategy.unrolled"),
+    ("nas.search", ["search_space=vipnas_mbv3", "+search_space.no_such_option=1"], "search_space.no_such_option"),
+    ("nas.retrain", ["genotypes/weak_plain_conv.json", "optimizer.lr=abc"], "optimizer.lr"),
+    ("nas.evaluate", ["no_such.pt", "data.sigma=abc"], "data.sigma"),
+    ("nas.data", ["data.num_val=abc"], "data.num_val"),
+    ("nas.profile", ["genotypes/weak_plain_conv.json", "runs=0"], "runs")])
+def test_a_wrong_group_value_stops_every_entry_point_before_any_work(tmp_path, module, args, key):
+    """One line naming the key, exit 2, and nothing made: no data generated, no run files written."""
+    cache = tmp_path / "cache"
+    proc = _run(cache, module, *args, f"run_dir={tmp_path / 'run'}" if module in ("nas.search", "nas.retrain")
+                else f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and f"error: {key}" in proc.stderr
+    assert not cache.exists()  # the synthetic data was not generated
+    assert not any((tmp_path / "run" / name).exists() for name in ("config.yaml", "last.pt", "metrics.jsonl"))

@@ -20,7 +20,7 @@ register()
 @hydra.main(config_path="pkg://conf", config_name="inspect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from nas.data.inspect import inspect_data, format_summary
-    with user_errors():
+    with user_errors(cfg):  # checks cfg first (nas.config.check_config)
         summary = inspect_data(cfg)
     print(format_summary(summary))
 
