@@ -12,7 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from nas.engine.guards import check_finite
+from nas.engine.guards import (NonFiniteLossError, check_finite, check_finite_grads,
+                               check_finite_tensors)
 from nas.errors import UserError
 from nas.genotype import Genotype
 
@@ -59,6 +60,8 @@ class Darts:
         loss = self.loss(batch)
         value = check_finite(loss, "training loss", self.steps)
         loss.backward()
+        # Before clipping: clip_grad_norm_ would spread one NaN over every weight.
+        check_finite_grads(self.weights, "training loss", self.steps)
         nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
         self.w_opt.step()
         self.scheduler.step()
@@ -74,13 +77,30 @@ class Darts:
             grads = torch.autograd.grad(loss, self.alphas)
             for a, g in zip(self.alphas, grads):
                 a.grad = g
-        self.a_opt.step()
+        self._apply_arch_grads()
         return value
+
+    def _apply_arch_grads(self) -> None:
+        """The architecture optimizer's step, refused if a gradient is non-finite and undone if it
+        leaves an architecture parameter non-finite (e.g. an overflow at a large learning rate)."""
+        check_finite_grads(self.alphas, "architecture loss", self.steps)
+        before = [a.detach().clone() for a in self.alphas]  # small: one logit per op and edge
+        self.a_opt.step()
+        try:
+            check_finite_tensors(self.alphas, "an architecture parameter after its step", self.steps)
+        except NonFiniteLossError:
+            with torch.no_grad():
+                for a, b in zip(self.alphas, before):
+                    a.copy_(b)
+            raise
 
     # ---- second order -------------------------------------------------------------------
     def _virtual_step(self, batch: Batch, lr: float) -> None:
         """w <- w - lr * (grad + weight_decay * w + momentum * buffer), in place (SGD's own step)."""
-        grads = torch.autograd.grad(self.loss(batch), self.weights, allow_unused=True)
+        loss = self.loss(batch)
+        check_finite(loss, "training loss of the virtual step", self.steps)
+        grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
+        check_finite_tensors(grads, "a weight gradient of the virtual step", self.steps)
         group = self.w_opt.param_groups[0]
         wd, momentum = group.get("weight_decay", 0.0), group.get("momentum", 0.0)
         with torch.no_grad():
@@ -91,34 +111,56 @@ class Darts:
                 w.sub_(lr * d)
 
     def _unrolled_arch_grad(self, train_batch: Batch, val_batch: Batch) -> float:
+        """Set each alpha's .grad to the second-order DARTS gradient. The weights are moved (virtual
+        step, finite-difference probes) and always put back bit for bit from a copy, also when a
+        non-finite loss or gradient stops the step half way."""
         lr = self.w_opt.param_groups[0]["lr"]
         backup = [w.detach().clone() for w in self.weights]
-        self._virtual_step(train_batch, lr)
-        loss = self.loss(val_batch)
-        value = check_finite(loss, "architecture (validation) loss", self.steps)
-        grads = torch.autograd.grad(loss, self.alphas + self.weights, allow_unused=True)
-        d_alpha = grads[: len(self.alphas)]
-        d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads[len(self.alphas):])]
-        with torch.no_grad():
-            for w, b in zip(self.weights, backup):
-                w.copy_(b)
-        hvp = self._hessian_vector(train_batch, d_w)
+        try:
+            value, d_alpha, d_w = self._grads_after_virtual_step(train_batch, val_batch, lr)
+        finally:
+            self._restore(backup)
+        try:
+            hvp = self._hessian_vector(train_batch, d_w)
+        finally:
+            self._restore(backup)
         for a, g, h in zip(self.alphas, d_alpha, hvp):
             a.grad = (torch.zeros_like(a) if g is None else g) - lr * h
         return value
 
+    def _grads_after_virtual_step(self, train_batch: Batch, val_batch: Batch, lr: float):
+        """(L_val, dL_val/d_alpha, dL_val/dw) at the virtually stepped weights w'."""
+        self._virtual_step(train_batch, lr)
+        loss = self.loss(val_batch)
+        value = check_finite(loss, "architecture (validation) loss", self.steps)
+        grads = torch.autograd.grad(loss, self.alphas + self.weights, allow_unused=True)
+        check_finite_tensors(grads, "a gradient of the architecture (validation) loss", self.steps)
+        d_alpha = grads[: len(self.alphas)]
+        d_w = [torch.zeros_like(w) if g is None else g
+               for w, g in zip(self.weights, grads[len(self.alphas):])]
+        return value, d_alpha, d_w
+
+    def _restore(self, backup: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for w, b in zip(self.weights, backup):
+                w.copy_(b)
+
     def _hessian_vector(self, batch: Batch, vector: list[torch.Tensor]) -> list[torch.Tensor]:
-        """(d/d_alpha d/dw L_train) . vector, by central differences with eps = fd_eps / ||vector||."""
+        """(d/d_alpha d/dw L_train) . vector, by central differences with eps = fd_eps / ||vector||.
+
+        Leaves the weights at w - eps * vector: the caller restores them from its copy (adding eps
+        back, as the DARTS code does, would not give the same floats)."""
         eps = self.fd_eps / (torch.cat([v.flatten() for v in vector]).norm() + 1e-12)
         grads = []
         for sign in (1.0, -2.0):
             with torch.no_grad():
                 for w, v in zip(self.weights, vector):
                     w.add_(sign * eps * v)
-            grads.append(torch.autograd.grad(self.loss(batch), self.alphas, allow_unused=True))
-        with torch.no_grad():
-            for w, v in zip(self.weights, vector):
-                w.add_(eps * v)
+            loss = self.loss(batch)
+            check_finite(loss, "training loss of the Hessian-vector product", self.steps)
+            grads.append(torch.autograd.grad(loss, self.alphas, allow_unused=True))
+            check_finite_tensors(grads[-1], "an architecture gradient of the Hessian-vector product",
+                                 self.steps)
         return [(torch.zeros_like(a) if gp is None else gp - gm) / (2 * eps)
                 for a, gp, gm in zip(self.alphas, *grads)]
 

@@ -21,13 +21,15 @@ def _batch(seed: int) -> dict[str, torch.Tensor]:
             "target_weight": torch.ones(2, 17, 1)}
 
 
-def _strategy(criterion=None, warmup_epochs: float = 0.0, seed: int = 0) -> Darts:
+def _strategy(criterion=None, warmup_epochs: float = 0.0, seed: int = 0, unrolled: bool = False,
+              arch_lr: float = 3e-3, partial_channels: int | None = None) -> Darts:
     torch.manual_seed(seed)
-    space = DartsCellsSpace(init_channels=4, layers=2, steps=2, reductions=1)
+    space = DartsCellsSpace(init_channels=4, layers=2, steps=2, reductions=1,
+                            partial_channels=partial_channels)
     return Darts(space, space.supernet(), criterion or KeypointMSELoss(),
                  functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=3e-4),
-                 functools.partial(torch.optim.Adam, lr=3e-3), epochs=2, steps_per_epoch=2,
-                 warmup_epochs=warmup_epochs)
+                 functools.partial(torch.optim.Adam, lr=arch_lr), epochs=2, steps_per_epoch=2,
+                 warmup_epochs=warmup_epochs, unrolled=unrolled)
 
 
 def _alphas(s: Darts) -> list[torch.Tensor]:
