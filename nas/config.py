@@ -37,6 +37,8 @@ class RunConfig:
     resume: bool = False
     run_dir: str = "runs/run"
     max_steps_per_epoch: Optional[int] = None
+    max_params_m: float = 500.0  # network size budget, checked before it is built (nas/budget.py)
+    max_activation_gb: float = 32.0
 
 
 @dataclass
@@ -77,6 +79,8 @@ class EvaluateConfig:
     decode: str = "quarter"
     eval_batch_size: int = 64
     out_dir: Optional[str] = None
+    max_params_m: float = 500.0  # network size budget, checked before it is built (nas/budget.py)
+    max_activation_gb: float = 32.0
 
 
 @dataclass
@@ -95,6 +99,8 @@ class ProfileConfig:
     latency_table: Optional[str] = None
     table_device: str = "cpu"
     out: Optional[str] = None
+    max_params_m: float = 500.0  # network size budget, checked before it is built (nas/budget.py)
+    max_activation_gb: float = 32.0
 
 
 def register() -> None:

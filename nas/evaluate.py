@@ -17,6 +17,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from nas.budget import check_budget
 from nas.cli import positional_to_override, user_errors
 from nas.config import register
 from nas.engine.checkpoint import load_checkpoint
@@ -39,7 +40,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if "genotype" not in state:
         raise UserError(f"{path} holds no genotype; pass the best.pt written by python -m nas.retrain")
     genotype = Genotype.from_dict(state["genotype"])
-    model = resolve(genotype).build(genotype)
+    space = resolve(genotype)
+    check_budget(lambda: space.build(genotype), state["input_size"], cfg.max_params_m, cfg.max_activation_gb)
+    model = space.build(genotype)
     model.load_state_dict(state["model"])
     configure_threads(cfg.threads)
     device = pick_device(cfg.device)

@@ -22,6 +22,9 @@ VERSION = 1
 _REQUIRED = ("format", "version", "space", "space_args", "genotype", "input_size", "heatmap_size")
 _OPTIONAL = ("provenance",)
 _SPACE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Largest input or heatmap side accepted (pixels): the pose literature's largest inputs are 1024
+# on a side (bottom-up HigherHRNet); x4. The entry points' budget (nas/budget.py) bounds the rest.
+MAX_SIDE = 4096
 
 
 class GenotypeError(ValueError):
@@ -51,9 +54,10 @@ class Genotype:
                    provenance=data.get("provenance", {}))
 
 
-def _size_ok(value: Any) -> bool:
-    return (isinstance(value, list) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+def size_ok(value: Any) -> bool:
+    """[height, width] in integers from 1 to MAX_SIDE (not bools, not floats such as 1e6)."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in value))
 
 
 def _check_envelope(data: Any) -> None:
@@ -77,9 +81,9 @@ def _check_envelope(data: Any) -> None:
         if not isinstance(data[key], dict):
             raise GenotypeError(f"field '{key}' must be a JSON object")
     for key in ("input_size", "heatmap_size"):
-        if not _size_ok(data[key]):
-            raise GenotypeError(f"field '{key}' must be [height, width] in positive integers, "
-                                f"got {data[key]!r}")
+        if not size_ok(data[key]):
+            raise GenotypeError(f"field '{key}' must be [height, width] in integers from 1 to "
+                                f"{MAX_SIDE}, got {data[key]!r}")
     if not isinstance(data.get("provenance", {}), dict):
         raise GenotypeError("field 'provenance' must be a JSON object")
 

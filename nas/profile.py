@@ -5,6 +5,8 @@ conf/search_space/, with `space_args` overrides merged over the genotype's), the
 and measured, nothing is trained. GFLOPs are thop MACs at batch 1 (the pose literature's
 convention); latency is the median of `runs` timed forward passes after `warmup` ones, at
 `batch_size`. Nothing is written unless `out=` names a JSON file (no run directory).
+Before the network is built, its size is checked on the meta device against `max_params_m` and
+`max_activation_gb` (nas/budget.py); `activation_GB` is that count (leaf-module outputs, batch 1).
 
     python -m nas.profile genotypes/darts_cells_synthetic_seed0.json +preset=posenas_l18_c48
     python -m nas.profile GENOTYPE.json input_size=[256,192] device=cpu threads=1 latency=false
@@ -22,11 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from estimators.complexity import count_gflops, count_params
 from estimators.latency import measure_latency
 from estimators.latency_table import LatencyTable
+from nas.budget import check_budget
 from nas.cli import positional_to_override, user_errors
 from nas.config import register
 from nas.engine.runtime import configure_threads, pick_device
 from nas.errors import UserError
-from nas.genotype import load
+from nas.genotype import MAX_SIDE, load, size_ok
 from nas.spaces import resolve
 from nas.utils.io import atomic_write_text
 
@@ -35,8 +38,8 @@ register()
 
 def _check_sizes(cfg: DictConfig, input_size: list) -> None:
     """Catch the values that would only fail deep inside torch, with a message naming the key."""
-    if len(input_size) != 2 or not all(isinstance(v, int) and v > 0 for v in input_size):
-        raise UserError(f"input_size must be [height, width] in positive integers, got {input_size}")
+    if not size_ok(input_size):
+        raise UserError(f"input_size must be [height, width] in integers from 1 to {MAX_SIDE}, got {input_size}")
     for key, low in (("batch_size", 1), ("runs", 1), ("warmup", 0)):
         if cfg[key] < low:
             raise UserError(f"{key} must be >= {low}, got {cfg[key]}")
@@ -49,10 +52,11 @@ def profile(cfg: DictConfig) -> dict:
     space = resolve(genotype, space_args)
     input_size = list(cfg.input_size or genotype.input_size)
     _check_sizes(cfg, input_size)
+    size = check_budget(lambda: space.build(genotype), input_size, cfg.max_params_m, cfg.max_activation_gb)
     model = space.build(genotype)
     result = {"genotype": str(Path(cfg.genotype).resolve()), "space": genotype.space,
               "space_args": space.args, "input_size": input_size, "params": count_params(model),
-              "GFLOPs": count_gflops(model, tuple(input_size))}
+              "GFLOPs": count_gflops(model, tuple(input_size)), "activation_GB": size.activation_bytes / 1e9}
     if cfg.latency:
         device = pick_device(cfg.device)
         threads = configure_threads(cfg.threads) if device.type == "cpu" else None
@@ -73,7 +77,7 @@ def report(result: dict) -> str:
     sizes = {k: v for k, v in result["space_args"].items() if not isinstance(v, (list, dict))}  # not the choices
     lines = [f"{result['genotype']}  ({result['space']}, {json.dumps(sizes)})",
              f"input {h}x{w}  params {result['params'] / 1e6:.2f}M ({result['params']:,})  "
-             f"GFLOPs {result['GFLOPs']:.3f}"]
+             f"GFLOPs {result['GFLOPs']:.3f}  activations {result['activation_GB']:.3f} GB at batch 1"]
     lat = result.get("latency")
     if lat:
         threads = f", {lat['threads']} thread(s)" if lat["threads"] else ""

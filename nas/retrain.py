@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from estimators.complexity import count_gflops, count_params
+from nas.budget import check_budget
 from nas.cli import positional_to_override, user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
@@ -44,6 +45,8 @@ def retrain(cfg: DictConfig) -> dict:
     check_decoder(cfg.decode)
     space_args = {**genotype.space_args, **OmegaConf.to_container(cfg.space_args)}
     space = resolve(genotype, space_args)
+    check_budget(lambda: space.build(genotype), cfg.input_size or genotype.input_size,  # before allocating
+                 cfg.max_params_m, cfg.max_activation_gb)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_from = prepare_run_dir(run_dir, cfg.resume)
     configure_threads(cfg.threads)

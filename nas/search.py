@@ -17,6 +17,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from estimators.accuracy import HeldOutPoseAccuracy
+from nas.budget import check_budget
 from nas.cli import user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
@@ -44,6 +45,7 @@ def search(cfg: DictConfig) -> Path:
     if space.args.get("num_keypoints") != data.num_keypoints:
         raise UserError(f"search_space.num_keypoints={space.args.get('num_keypoints')} but the data has "
                         f"{data.num_keypoints} keypoints; set search_space.num_keypoints={data.num_keypoints}")
+    check_budget(space.supernet, data.input_size, cfg.max_params_m, cfg.max_activation_gb)  # before allocating
     supernet = space.supernet().to(device)
     weight_set, arch_set = split_by_image(data.train, cfg.arch_fraction, cfg.seed)
     train_loader = make_loader(weight_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)

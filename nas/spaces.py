@@ -3,7 +3,8 @@
 A genotype file names its space; the name must be one of the YAML files shipped in
 conf/search_space/, whose `_target_` names the class. Nothing in a genotype file can make the
 program import or call anything else, and `space_args` are passed as plain keyword arguments
-(never through Hydra's recursive instantiation).
+(never through Hydra's recursive instantiation). Each space checks the types and ranges of its
+arguments against the `BOUNDS` table at the top of its file (search_spaces/bounds.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 
 import conf as _conf_pkg
 from nas.genotype import Genotype, GenotypeError
+from search_spaces.bounds import BoundError
 
 CONF_DIR = Path(_conf_pkg.__file__).resolve().parent
 
@@ -59,6 +61,8 @@ def build_space(name: str, space_args: dict[str, Any]) -> Any:
                             f"it takes {', '.join(p for p in params if p != 'self')}")
     try:
         return cls(**{**cfg, **space_args})
+    except BoundError as err:  # a size argument of the wrong type or out of the space's BOUNDS table
+        raise GenotypeError(f"field 'space_args.{err.key}': {err.detail}") from None
     except (TypeError, ValueError) as err:
         raise GenotypeError(f"field 'space_args': {err}") from None
 

@@ -25,10 +25,24 @@ from torch import nn
 
 from nas.genotype import Genotype, GenotypeError
 from nas.pose.head import HeatmapHead
+from search_spaces.bounds import Bound, check_args, is_list
 from search_spaces.cells import Edge, FixedCell, SearchCell, num_edges
 from search_spaces.ops import OPS, PRIMITIVES
 
 CELL_TYPES = ("normal", "reduce", "fusion")
+
+# The range of every size argument: the published value behind each maximum, times a margin.
+# (The genotype's cells are bounded by `steps`; whole networks by the entry points' budget.)
+BOUNDS = {
+    "init_channels": Bound(1, 256, "PoseNAS's widest network is L18-C64; x4"),
+    "retrain_channels": Bound(1, 256, "PoseNAS's widest network is L18-C64; x4", optional=True),
+    "layers": Bound(1, 64, "PoseNAS's deepest network is L18 (DARTS's CIFAR network: 20); x3"),
+    "steps": Bound(1, 8, "DARTS's and PoseNAS's cells have 4 nodes; x2"),
+    "reductions": Bound(0, 5, "PoseNAS reduces twice; 5 takes the 1/4 stem to 1/128"),
+    "num_keypoints": Bound(1, 256, "COCO-WholeBody has 133 keypoints"),
+    "max_skips": Bound(0, 16, "a cell has at most 2 x 8 edges", optional=True),
+    "partial_channels": Bound(1, 256, "PC-DARTS uses K=4; K divides C", optional=True),
+}
 CellFactory = Callable[[str, int, int, int, bool], nn.Module]
 
 
@@ -204,9 +218,11 @@ class DartsCellsSpace:
                  reductions: int = 2, num_keypoints: int = 17,
                  primitives: Sequence[str] = PRIMITIVES, retrain_channels: int | None = None,
                  max_skips: int | None = None, partial_channels: int | None = None):
-        unknown = [p for p in primitives if p not in OPS]
-        if unknown:
-            raise ValueError(f"unknown primitives {unknown}; known ops: {', '.join(OPS)}")
+        check_args(dict(init_channels=init_channels, layers=layers, steps=steps, reductions=reductions,
+                        num_keypoints=num_keypoints, retrain_channels=retrain_channels, max_skips=max_skips,
+                        partial_channels=partial_channels), BOUNDS)
+        if not is_list(primitives) or not all(isinstance(p, str) and p in OPS for p in primitives):
+            raise ValueError(f"primitives must list op names from: {', '.join(OPS)}; got {primitives!r}")
         if not 0 <= reductions < layers:
             raise ValueError(f"reductions must be in [0, layers), got {reductions}")
         self.args = dict(init_channels=init_channels, layers=layers, steps=steps,

@@ -13,6 +13,16 @@ from torch import nn
 
 from nas.genotype import Genotype, GenotypeError
 from nas.pose.head import HeatmapHead
+from search_spaces.bounds import Bound, BoundError, check_args, check_value
+
+# The range of every size argument (and of the genotype's widths): published value x a margin.
+WIDTH = Bound(1, 4096, "ResNet-152's widest block output is 2048; x2", "list")
+BOUNDS = {
+    "stem_channels": Bound(1, 256, "ResNet's stem is 64 wide; x4"),
+    "widths": WIDTH, "width_choices": WIDTH,  # a list holds at most 64 layers (bounds.MAX_CHOICES)
+    "max_layers": Bound(1, 64, "ResNet-152 has 50 blocks"),
+    "num_keypoints": Bound(1, 256, "COCO-WholeBody has 133 keypoints"),
+}
 
 
 def _conv(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
@@ -36,9 +46,11 @@ class PlainConvSpace:
 
     def __init__(self, stem_channels: int = 16, widths: list[int] = (32, 32, 32),
                  width_choices: list[int] = (16, 32, 64), max_layers: int = 4, num_keypoints: int = 17):
+        args = check_args(dict(stem_channels=stem_channels, widths=widths, width_choices=width_choices,
+                               max_layers=max_layers, num_keypoints=num_keypoints), BOUNDS)
         self.args = dict(stem_channels=stem_channels, num_keypoints=num_keypoints)
-        self.default_widths = [int(w) for w in widths]
-        self.width_choices, self.max_layers = [int(w) for w in width_choices], int(max_layers)
+        self.default_widths, self.width_choices = args["widths"], args["width_choices"]
+        self.max_layers = max_layers
 
     def _genotype(self, widths: list[int]) -> Genotype:
         return Genotype(space=self.name, space_args=dict(self.args), genotype={"widths": widths})
@@ -54,10 +66,12 @@ class PlainConvSpace:
         return self._genotype([rng.choice(self.width_choices) for _ in range(depth)])
 
     def validate(self, genotype: Genotype) -> None:
-        widths = genotype.genotype.get("widths")
-        if set(genotype.genotype) != {"widths"} or not isinstance(widths, list) or not widths or not all(
-                isinstance(w, int) and not isinstance(w, bool) and 0 < w <= 4096 for w in widths):
-            raise GenotypeError("field 'genotype' must be {\"widths\": [positive channel counts]}")
+        if not isinstance(genotype.genotype, dict) or set(genotype.genotype) != {"widths"}:
+            raise GenotypeError("field 'genotype' must be {\"widths\": [channel counts]}")
+        try:
+            check_value("widths", genotype.genotype["widths"], WIDTH)
+        except BoundError as err:
+            raise GenotypeError(f"field 'genotype.{err.key}': {err.detail}") from None
 
     def build(self, genotype: Genotype) -> nn.Module:
         self.validate(genotype)
