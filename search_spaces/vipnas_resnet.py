@@ -24,6 +24,10 @@ groups the block-diagonal part of the dense weight, the first `depth` blocks of 
 `build(genotype, supernet)` gives the standalone network (plain torch layers, counted by thop)
 and copies the member's weights out of the supernet. There are no architecture parameters:
 search it with random search / evolution on the shared weights.
+
+This file holds the ResNet family's blocks; the choices, sampling, validation and build that both
+ViPNAS families share are `search_spaces/vipnas_base.ViPNASSpace`, the network skeletons
+`search_spaces/vipnas_nets.py`, the elastic layers and attention blocks `search_spaces/elastic.py`.
 """
 from __future__ import annotations
 

@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 
 import pytest
+import torch
 
+from nas.budget import build_on_meta
 from nas.genotype import Genotype, GenotypeError, load, save
-from nas.spaces import resolve, space_names
+from nas.spaces import build_space, resolve, space_names
 from search_spaces.darts_cells import DartsCellsSpace
 from tests.helpers import REPO_ROOT
 
 
 def _valid() -> dict:
     space = DartsCellsSpace(init_channels=4, layers=3, steps=2, reductions=1)
-    import random
     return space.sample(random.Random(1)).to_dict()
 
 
@@ -70,8 +72,33 @@ def test_space_args_cannot_smuggle_a_target(tmp_path):
         resolve(Genotype.from_dict(data))
 
 
-def test_every_shipped_space_resolves_by_name():
-    assert "darts_cells" in space_names()
+def test_the_shipped_spaces_are_the_config_files():
+    shipped = sorted(p.stem for p in (REPO_ROOT / "conf" / "search_space").glob("*.yaml"))
+    assert space_names() == shipped and {"darts_cells", "vipnas_resnet", "vipnas_mbv3"} <= set(shipped)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO_ROOT / "conf" / "search_space").glob("*.yaml")))
+def test_every_shipped_space_resolves_by_name(name):
+    """Each conf/search_space/ file builds its space with its own defaults, and the space's supernet
+    and a sampled member run (on the meta device: shapes only) to (1, K, H/4, W/4) heatmaps."""
+    space = build_space(name, {})
+    assert space.name == name  # the name its genotypes will carry
+    member = space.sample(random.Random(0))
+    space.validate(member)
+    for make in (space.supernet, lambda: space.build(member)):
+        net = build_on_meta(make)
+        out = net.eval()(torch.empty(1, 3, 64, 48, device="meta"))
+        assert out.shape == (1, space.args["num_keypoints"], 16, 12)
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "genotypes").glob("*.json")), ids=lambda p: p.stem)
+def test_every_shipped_genotype_resolves_and_builds(path):
+    """Every genotype file in genotypes/ loads, resolves to its space, and builds a network whose
+    heatmaps at the file's input_size have the file's heatmap_size (on the meta device)."""
+    genotype = load(path)
+    net = build_on_meta(lambda: resolve(genotype).build(genotype))
+    out = net.eval()(torch.empty(1, 3, *genotype.input_size, device="meta"))
+    assert out.shape == (1, genotype.space_args.get("num_keypoints", 17), *genotype.heatmap_size)
 
 
 def test_round_trip_in_a_new_process(tmp_path):

@@ -50,11 +50,22 @@ def test_decode_gives_a_valid_member(space):
 
 
 def test_standalone_network_is_smaller_than_the_supernet(space):
+    """Weight-sharing supernets hold every member: gradient ones (arch_parameters) every op of every
+    edge, one-shot ones (set_path, the ViPNAS spaces) the largest member with every attention block
+    and dense shared weights. plain_conv has neither: its "supernet" is one fixed member."""
     supernet = space.supernet()
-    if not hasattr(supernet, "arch_parameters"):
-        pytest.skip(f"{space.name} has no supernet with architecture parameters (a baseline space)")
-    net = space.build(space.sample(random.Random(3)))
-    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in supernet.parameters())
+    if not (hasattr(supernet, "arch_parameters") or hasattr(supernet, "set_path")):
+        pytest.skip(f"{space.name}'s supernet is a single fixed network, not a weight-sharing one")
+    for seed in range(3):
+        net = space.build(space.sample(random.Random(seed)))
+        assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in supernet.parameters())
+
+
+def test_the_papers_spaces_have_weight_sharing_supernets():
+    """So the test above checks them all (it used to skip the ViPNAS spaces as "baseline" spaces)."""
+    sharing = {name for name in space_names()
+               if any(hasattr(tiny_space(name).supernet(), a) for a in ("arch_parameters", "set_path"))}
+    assert {"darts_cells", "vipnas_resnet", "vipnas_mbv3"} <= sharing
 
 
 def test_samples_differ_with_the_seed(space):
@@ -124,3 +135,9 @@ def test_skip_cap_replaces_the_weakest_skips_by_their_best_other_op():
     assert cap_skips(edges, w, prims, 0) == [("max_pool_3x3", 0), ("max_pool_3x3", 1),
                                              ("conv_3x3", 0), ("conv_3x3", 1)]
     assert cap_skips(edges, w, prims, 3) == edges
+
+
+def test_pc_darts_shuffles_channels_with_torchs_channel_shuffle():
+    import torch.nn.functional as F
+    from search_spaces import cells
+    assert cells.channel_shuffle is F.channel_shuffle

@@ -217,3 +217,45 @@ def test_smallest_and_largest_bound_every_sampled_member(name):
     rng = random.Random(0)
     for _ in range(10):
         assert size(space.smallest()) <= params(space.build(space.sample(rng))) <= size(space.largest())
+
+
+# ---- the library's blocks and the shared machinery -----------------------------------------------
+
+@pytest.mark.parametrize("name, gate", [("vipnas_resnet", nn.Sigmoid), ("vipnas_mbv3", nn.Hardsigmoid)])
+def test_se_blocks_are_torchvisions_with_the_familys_gate(name, gate):
+    """SE is torchvision.ops.SqueezeExcitation: x * gate(fc2(relu(fc1(mean(x))))), squeezing C to C/4;
+    the ResNet family gates with a sigmoid, MobileNetV3 with a hard sigmoid (as MobileNetV3 does)."""
+    from torchvision.ops import SqueezeExcitation
+    space = build_space(name, {"attention_choices": ["se"]})
+    member = space.sample(random.Random(0))
+    blocks = [m for m in space.build(member).modules() if isinstance(m, SqueezeExcitation)]
+    assert len(blocks) == sum(s["depth"] for s in member.genotype["stages"])  # one per block
+    se = blocks[0]
+    assert isinstance(se.scale_activation, gate) and se.fc1.out_channels == se.fc1.in_channels // 4
+    _scramble(se, 2)
+    x = torch.randn(2, se.fc1.in_channels, 5, 4)
+    squeeze = F.relu(F.conv2d(x.mean(dim=(2, 3), keepdim=True), se.fc1.weight, se.fc1.bias))
+    expected = x * gate()(F.conv2d(squeeze, se.fc2.weight, se.fc2.bias))
+    assert torch.allclose(se(x), expected, atol=1e-6)
+
+
+def test_both_families_share_one_base_not_each_other():
+    from search_spaces.vipnas_base import ViPNASSpace
+    from search_spaces.vipnas_mbv3 import ViPNASMobileNetV3Space
+    from search_spaces.vipnas_resnet import ViPNASResNetSpace
+    assert issubclass(ViPNASMobileNetV3Space, ViPNASSpace) and issubclass(ViPNASResNetSpace, ViPNASSpace)
+    assert not issubclass(ViPNASMobileNetV3Space, ViPNASResNetSpace)
+
+
+def test_one_head_initialisation_helper():
+    """The std-0.001 head start is written once (nas.pose.head.init_head), and every head uses it."""
+    sources = [*(REPO_ROOT / "nas").rglob("*.py"), *(REPO_ROOT / "search_spaces").rglob("*.py")]
+    writers = [p.relative_to(REPO_ROOT).as_posix() for p in sources if "std=0.001" in p.read_text()]
+    assert writers == ["nas/pose/head.py"], writers
+    from nas.pose.head import HeatmapHead
+    from nas.pose.vipnas_head import ViPNASHead
+    from search_spaces.elastic import ElasticViPNASHead
+    torch.manual_seed(0)
+    for head in (HeatmapHead(64, 17, 1, 64), ViPNASHead(64, [64], [1], 17), ElasticViPNASHead(64, 64, 1, 17)):
+        weight = head.deconv[0].weight
+        assert 0.0005 < float(weight.std()) < 0.002 and float(head.final.bias.abs().sum()) == 0.0
