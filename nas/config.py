@@ -35,6 +35,8 @@ class RunConfig:
     num_workers: int = 1
     threads: Optional[int] = None
     resume: bool = False
+    # keys (or prefixes: `optimizer`) a resume may change; recorded in <run_dir>/resume_changes.jsonl
+    resume_allow_changes: list[str] = field(default_factory=list)
     run_dir: str = "runs/run"
     max_steps_per_epoch: Optional[int] = None
     max_params_m: float = 500.0  # network size budget, checked before it is built (nas/budget.py)

@@ -48,7 +48,7 @@ def retrain(cfg: DictConfig) -> dict:
     check_budget(lambda: space.build(genotype), cfg.input_size or genotype.input_size,  # before allocating
                  cfg.max_params_m, cfg.max_activation_gb)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    resume_from = prepare_run_dir(run_dir, cfg.resume)
+    resume_from = prepare_run_dir(run_dir, cfg.resume, config=cfg)  # refuses a changed config
     configure_threads(cfg.threads)
     device = pick_device(cfg.device)
     input_size = list(cfg.input_size or genotype.input_size)

@@ -33,7 +33,7 @@ register()
 
 def search(cfg: DictConfig) -> Path:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    resume_from = prepare_run_dir(run_dir, cfg.resume)
+    resume_from = prepare_run_dir(run_dir, cfg.resume, config=cfg)  # refuses a changed config
     early_stop = EarlyStop(_early_stop_rule(cfg))
     configure_threads(cfg.threads)
     device = pick_device(cfg.device)

@@ -296,7 +296,8 @@ def test_evolution_killed_between_generations_resumes_to_the_same_result(cache, 
                 "strategy._target_=tests.helpers.EvolutionKilledAt")
     assert proc.returncode == -signal.SIGKILL and not (killed / "genotype.json").exists()
     assert torch.load(killed / "last.pt", weights_only=True)["epoch"] == 2  # training, population, generation 1
-    resumed = _run(cache, "nas.search", *tiny, f"run_dir={killed}", "resume=true")
+    resumed = _run(cache, "nas.search", *tiny, f"run_dir={killed}", "resume=true",
+                   "resume_allow_changes=[strategy._target_,strategy.kill_at]")  # the plain strategy again
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (json.loads((killed / "genotype.json").read_text())["genotype"]
             == json.loads((full / "genotype.json").read_text())["genotype"])
@@ -321,3 +322,39 @@ def test_a_wrong_group_value_stops_every_entry_point_before_any_work(tmp_path, m
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and f"error: {key}" in proc.stderr
     assert not cache.exists()  # the synthetic data was not generated
     assert not any((tmp_path / "run" / name).exists() for name in ("config.yaml", "last.pt", "metrics.jsonl"))
+
+
+def _run_files(run_dir: Path) -> dict[str, bytes]:
+    """The run's own files (Hydra's .hydra/ and the log record every launch, so they are left out)."""
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix != ".log"}
+
+
+def test_resume_with_a_changed_config_is_refused_unless_allowed_and_recorded(cache, tmp_path):
+    run_dir = tmp_path / "run"
+    tiny = ["max_steps_per_epoch=1", "threads=1"]
+    assert _search(cache, run_dir, "epochs=1", *tiny).returncode == 0
+    before = _run_files(run_dir)
+    refused = _search(cache, run_dir, "epochs=2", *tiny, "resume=true")
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert len(refused.stderr.strip().splitlines()) == 1 and "epochs (1 -> 2)" in refused.stderr
+    assert "resume_allow_changes=[epochs]" in refused.stderr
+    assert _run_files(run_dir) == before  # nothing touched
+    allowed = _search(cache, run_dir, "epochs=2", "max_steps_per_epoch=1", "threads=2", "resume=true",
+                      "resume_allow_changes=[epochs]")  # threads differs too, but may: it is not recorded
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    records = [json.loads(line) for line in (run_dir / "resume_changes.jsonl").read_text().splitlines()]
+    assert [r["changes"] for r in records] == [{"epochs": {"old": 1, "new": 2}}]
+    assert "epochs: 2" in (run_dir / "config.yaml").read_text().splitlines()
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]
+
+
+def test_retrain_resume_with_another_learning_rate_is_refused(tmp_path):
+    args = ["genotypes/weak_plain_conv.json", *TINY_DATA, "epochs=1", "batch_size=4", "eval_every=0",
+            f"run_dir={tmp_path / 'r'}"]
+    assert _run(tmp_path, "nas.retrain", *args).returncode == 0
+    before = _run_files(tmp_path / "r")
+    refused = _run(tmp_path, "nas.retrain", *args, "optimizer.lr=0.01", "resume=true")
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "optimizer.lr (0.002 -> 0.01)" in refused.stderr and "Traceback" not in refused.stderr
+    assert _run_files(tmp_path / "r") == before

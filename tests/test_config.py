@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from nas.config import check_config, register
+from nas.engine.runtime import check_resume
 from nas.engine.search_loop import EarlyStop, run_search
 from nas.errors import UserError
 from nas.genotype import Genotype
@@ -111,6 +112,74 @@ def test_an_override_string_is_checked_like_a_yaml_value():
 def test_impossible_values_are_refused_naming_the_key(config, override, key):
     with pytest.raises(UserError, match=rf"^{key}[:=]"):
         check_config(_compose(config, [override]))
+
+
+# ---- resume against a changed config (issue 9 item 7) -------------------------------------------------
+RUN = {"seed": 0, "epochs": 4, "device": "cpu", "threads": None, "num_workers": 1, "resume": False,
+       "resume_allow_changes": [], "run_dir": "runs/a", "data": {"_target_": "d", "sigma": 2.0},
+       "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.002, "betas": [0.9, 0.999]}}
+
+
+def _saved_run(tmp_path: Path) -> Path:
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(RUN)))
+    return tmp_path
+
+
+def _resume_with(**changes: Any) -> DictConfig:
+    cfg = OmegaConf.create(json.loads(json.dumps(RUN)))
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value, merge=False)
+    return cfg
+
+
+def test_resume_with_the_same_config_or_only_free_keys_changed_passes(tmp_path):
+    run = _saved_run(tmp_path)
+    before = (run / "config.yaml").read_text()
+    cfg = _resume_with(resume=True, device="cuda", threads=8, num_workers=0, run_dir="/abs/runs/a")
+    assert check_resume(cfg, run) == {}
+    assert (run / "config.yaml").read_text() == before and not (run / "resume_changes.jsonl").exists()
+
+
+def test_resume_with_changed_keys_is_refused_naming_them_and_touches_nothing(tmp_path):
+    run = _saved_run(tmp_path)
+    before = sorted((p.name, p.read_bytes()) for p in run.iterdir())
+    cfg = _resume_with(resume=True, epochs=6, optimizer__lr=0.001, optimizer__betas=[0.5, 0.999])
+    with pytest.raises(UserError) as err:
+        check_resume(cfg, run)
+    message = str(err.value)
+    assert "\n" not in message
+    for key in ("epochs (4 -> 6)", "optimizer.lr (0.002 -> 0.001)", "optimizer.betas ([0.9, 0.999] -> [0.5, 0.999])"):
+        assert key in message, message
+    assert "resume_allow_changes=[epochs,optimizer.betas,optimizer.lr]" in message
+    assert sorted((p.name, p.read_bytes()) for p in run.iterdir()) == before
+
+
+def test_a_key_absent_from_the_saved_run_counts_as_a_change(tmp_path):
+    with pytest.raises(UserError, match=r"data.max_val \(\"<absent>\" -> 5\)"):
+        check_resume(_resume_with(resume=True, data__max_val=5), _saved_run(tmp_path))
+
+
+def test_allowed_changes_are_recorded_and_the_new_config_kept(tmp_path):
+    run = _saved_run(tmp_path)
+    cfg = _resume_with(resume=True, epochs=6, optimizer__lr=0.001, device="cuda",
+                       resume_allow_changes=["epochs", "optimizer"])  # a prefix covers the group
+    check_resume(cfg, run)
+    records = [json.loads(line) for line in (run / "resume_changes.jsonl").read_text().splitlines()]
+    assert [r["changes"] for r in records] == [{"epochs": {"old": 4, "new": 6},
+                                                "optimizer.lr": {"old": 0.002, "new": 0.001}}]
+    assert OmegaConf.load(run / "config.yaml").epochs == 6
+    with pytest.raises(UserError, match=r"seed \(0 -> 1\).*resume_allow_changes=\[seed\]"):
+        check_resume(_resume_with(resume=True, epochs=6, optimizer__lr=0.001, seed=1,
+                                  resume_allow_changes=["epochs", "optim"]), run)  # not a key prefix
+
+
+def test_another_group_option_asks_to_allow_the_group(tmp_path):
+    run = _saved_run(tmp_path)
+    cfg = _resume_with(resume=True, optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0,
+                                               "momentum": 0.9, "nesterov": True, "dampening": 0.0,
+                                               "weight_decay": 1e-4})
+    with pytest.raises(UserError, match=r"and \d+ more; .*resume_allow_changes=\[optimizer\] "):
+        check_resume(cfg, run)
 
 
 # ---- early_stop (issue 9 item 14) ------------------------------------------------------------------

@@ -47,18 +47,84 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, checkpoint: str = "last.pt") -> Path | None:
-    """Return the checkpoint to resume from (or None); refuse to start over a finished run."""
+def prepare_run_dir(run_dir: Path, resume: bool, checkpoint: str = "last.pt",
+                    config: DictConfig | None = None) -> Path | None:
+    """Return the checkpoint to resume from (or None); refuse to start over a finished run, and
+    (given the new `config`) to resume with a config that differs from the run's (`check_resume`)."""
     ckpt = run_dir / checkpoint
     if resume:
         if not ckpt.is_file():
             raise UserError(f"resume=true but {ckpt} does not exist; point run_dir= at the run "
                             "directory of the run to continue")
+        if config is not None:
+            check_resume(config, run_dir)
         return ckpt
     if ckpt.exists():
         raise UserError(f"{run_dir} already holds a run ({ckpt.name}); pass resume=true to continue "
                         "it, or choose another run_dir= (nothing was overwritten)")
     return None
+
+
+# Keys that may differ on resume without mixing two runs: where and how fast it runs, not what it computes.
+RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "run_dir", "device", "threads", "num_workers")
+
+
+def check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Compare the new resolved config with the run's saved config.yaml, key by dotted key.
+
+    A difference outside RESUME_FREE_KEYS would quietly mix two runs (another strategy, data, epoch
+    count, learning rate...): it is refused, naming the keys, with nothing in the run directory
+    touched, unless `resume_allow_changes` lists the key or a prefix of it (`optimizer` covers
+    `optimizer.lr`). Allowed changes are appended to resume_changes.jsonl (old and new values) and the
+    new config.yaml is kept. Returns the changes."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        log.warning("%s is missing: cannot check that the resumed config matches the run's", saved_path)
+        return {}
+    old = _flatten(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False))
+    new = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    changes = {key: {"old": old.get(key, "<absent>"), "new": new.get(key, "<absent>")}
+               for key in sorted(set(old) | set(new))
+               if old.get(key, _ABSENT) != new.get(key, _ABSENT) and key.split(".")[0] not in RESUME_FREE_KEYS}
+    allowed = list(cfg.get("resume_allow_changes") or [])
+    refused = [key for key in changes if not any(key == a or key.startswith(f"{a}.") for a in allowed)]
+    if refused:
+        raise UserError(f"resume=true but the config differs from {saved_path}: {_describe_changes(changes, refused)}"
+                        f"; resume with the run's values, or pass resume_allow_changes=[{_allow_hint(refused)}] "
+                        "to continue with the new ones (recorded in resume_changes.jsonl)")
+    if changes:
+        record = {"time": round(time.time(), 3), "changes": changes}
+        with (run_dir / "resume_changes.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        save_config(cfg, run_dir)
+        log.warning("resuming with changed config: %s", _describe_changes(changes, list(changes)))
+    return changes
+
+
+_ABSENT = object()
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are values (compared whole)."""
+    if not isinstance(tree, dict) or (prefix and not tree):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _describe_changes(changes: dict[str, dict[str, Any]], keys: list[str], most: int = 6) -> str:
+    shown = [f"{k} ({json.dumps(changes[k]['old'])} -> {json.dumps(changes[k]['new'])})" for k in keys[:most]]
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return ", ".join(shown) + more
+
+
+def _allow_hint(keys: list[str], most: int = 6) -> str:
+    """The keys to allow, or their top-level groups when there are many (e.g. another strategy)."""
+    if len(keys) <= most:
+        return ",".join(keys)
+    return ",".join(sorted({k.split(".")[0] for k in keys}))
 
 
 def save_config(cfg: DictConfig, run_dir: Path) -> None:
