@@ -21,6 +21,16 @@ Batch = dict[str, torch.Tensor]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
+def _require_plain_sgd(opt: torch.optim.Optimizer) -> None:
+    """The virtual step of second-order DARTS replays SGD's update (momentum, weight decay); with
+    another optimizer, or Nesterov or dampening, it would differentiate through the wrong step."""
+    group = opt.param_groups[0]
+    if type(opt) is not torch.optim.SGD or group.get("nesterov") or group.get("dampening", 0):
+        raise UserError("second-order DARTS (strategy.unrolled=true) needs torch.optim.SGD without "
+                        "nesterov or dampening as strategy.weight_optimizer; change it or set "
+                        "strategy.unrolled=false")
+
+
 class Darts:
     def __init__(self, space: Any, supernet: nn.Module, criterion: nn.Module,
                  weight_optimizer: OptimizerFactory, arch_optimizer: OptimizerFactory,
@@ -34,6 +44,8 @@ class Darts:
         self.weights = list(supernet.weight_parameters())
         self.alphas = list(supernet.arch_parameters())
         self.w_opt = weight_optimizer(self.weights)
+        if unrolled:
+            _require_plain_sgd(self.w_opt)
         self.a_opt = arch_optimizer(self.alphas)
         total = max(1, epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, total, lr_min)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from nas.engine.guards import NonFiniteLossError
+from nas.errors import UserError
 from nas.pose.loss import KeypointMSELoss
 from search_spaces.darts_cells import DartsCellsSpace
 from strategies.darts import Darts
@@ -100,6 +101,19 @@ def test_state_dict_resumes_bit_exactly(unrolled):
         s.step(_batch(6), _batch(7))  # the schedule's state shows from the second step on
     a, b = s1.supernet.state_dict(), s2.supernet.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("optimizer", [
+    functools.partial(torch.optim.Adam, lr=1e-3),
+    functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True),
+    functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, dampening=0.1)])
+def test_second_order_refuses_a_weight_optimizer_its_virtual_step_does_not_replay(optimizer):
+    space = DartsCellsSpace(init_channels=4, layers=2, steps=2, reductions=1)
+    make = functools.partial(Darts, space, space.supernet(), KeypointMSELoss(), optimizer,
+                             functools.partial(torch.optim.Adam, lr=3e-3), epochs=1, steps_per_epoch=1)
+    make(unrolled=False)  # first order never replays the weight step
+    with pytest.raises(UserError, match="unrolled"):
+        make(unrolled=True)
 
 
 def test_non_finite_loss_stops_before_the_update():
