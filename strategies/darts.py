@@ -7,6 +7,7 @@ Works for any space whose supernet exposes `arch_parameters()` and `weight_param
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 import torch
@@ -96,14 +97,16 @@ class Darts:
         """The architecture optimizer's step, refused if a gradient is non-finite and undone if it
         leaves an architecture parameter non-finite (e.g. an overflow at a large learning rate)."""
         check_finite_grads(self.alphas, "architecture loss", self.steps)
-        before = [a.detach().clone() for a in self.alphas]  # small: one logit per op and edge
+        # small: one logit per op and edge, and the optimizer's moments of them
+        before = [a.detach().clone() for a in self.alphas], copy.deepcopy(self.a_opt.state_dict())
         self.a_opt.step()
         try:
             check_finite_tensors(self.alphas, "an architecture parameter after its step", self.steps)
         except NonFiniteLossError:
             with torch.no_grad():
-                for a, b in zip(self.alphas, before):
+                for a, b in zip(self.alphas, before[0]):
                     a.copy_(b)
+            self.a_opt.load_state_dict(before[1])
             raise
 
     # ---- second order -------------------------------------------------------------------
