@@ -9,9 +9,11 @@ oks, threshold `data.nms_threshold`) removes the duplicate poses of boxes that f
 """
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.utils import instantiate
@@ -46,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model.load_state_dict(state["model"])
     configure_threads(cfg.threads)
     device = pick_device(cfg.device)
-    data = instantiate(cfg.data, input_size=state["input_size"], heatmap_size=state["heatmap_size"])
+    data = _val_data(cfg.data, input_size=state["input_size"], heatmap_size=state["heatmap_size"])
     loader = make_loader(data.val, cfg.eval_batch_size, False, cfg.num_workers)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else path.parent
     preds = predict_coco(model.to(device), loader, device, data.flip_pairs, flip=cfg.flip_test,
@@ -57,6 +59,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     atomic_write_text(out_dir / "eval_predictions.json", json.dumps(preds) + "\n")
     atomic_write_text(out_dir / "eval_metrics.json", json.dumps(scores, indent=2) + "\n")
     return scores
+
+
+def _val_data(data_cfg: DictConfig, **sizes) -> Any:
+    """The dataset with only its val split built, where the factory can (COCO-style data), so a
+    val-only download (no training annotations) can be evaluated."""
+    make = instantiate(data_cfg, _partial_=True, **sizes)
+    return make(splits=["val"]) if "splits" in inspect.signature(make.func).parameters else make()
 
 
 @hydra.main(config_path="pkg://conf", config_name="evaluate", version_base="1.3")

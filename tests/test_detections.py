@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +259,16 @@ def test_evaluate_cli_on_detector_boxes(tmp_path, coco_set):
         factor = _published_factor(pred["keypoints"])
         assert any(abs(pred["score"] - d["score"] * factor) < 1e-5
                    for d in dets if d["image_id"] == pred["image_id"]), pred["score"]
+    # a val-only download (no training annotations, the common first download) evaluates the same
+    val_only = tmp_path / "val_only"
+    (val_only / "annotations").mkdir(parents=True)
+    shutil.copy(coco_set.ann_file, val_only / "annotations" / coco_set.ann_file.name)
+    (val_only / coco_set.split).symlink_to(coco_set.image_dir.resolve())
+    (val_only / coco_set.bbox_file).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(coco_set.root / coco_set.bbox_file, val_only / coco_set.bbox_file)
+    args = [a.replace(f"data.root={coco_set.root}", f"data.root={val_only}") for a in common]
+    out = subprocess.run([sys.executable, "-m", "nas.evaluate", str(run_dir / "best.pt"), *args,
+                          "data.use_gt_bbox=false", "flip_test=false", f"out_dir={tmp_path / 'val_only_eval'}"],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "val_only_eval" / "eval_metrics.json").read_text()) == metrics
