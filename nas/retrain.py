@@ -62,7 +62,7 @@ def retrain(cfg: DictConfig) -> dict:
     train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, drop_last=True)
     val_loader = make_loader(data.val, cfg.eval_batch_size, False, cfg.num_workers)
     trainer = Trainer(model, instantiate(cfg.criterion), instantiate(cfg.optimizer)(model.parameters()),
-                      cfg.epochs, len(train_loader), device, cfg.lr_min, cfg.grad_clip,
+                      cfg.epochs, _steps(len(train_loader), cfg.max_steps_per_epoch), device, cfg.lr_min, cfg.grad_clip,
                       best_extra={"genotype": {**genotype.to_dict(), "space_args": space_args},
                                   "input_size": input_size, "heatmap_size": heatmap_size},
                       primary_metric=data.val.primary_metric,
@@ -96,6 +96,11 @@ def _selection_note(primary: str) -> str:
     return (f"best_epoch has the highest {primary} on the validation split these metrics are computed "
             "on (as HRNet and MMPose select), so the flat metrics are optimistic; 'last' holds the "
             "final epoch's metrics, without selection")
+
+
+def _steps(loader_steps: int, cap: int | None) -> int:
+    """Steps per epoch: one pass over the training loader, or `max_steps_per_epoch` when smaller."""
+    return loader_steps if cap is None else max(1, min(loader_steps, cap))
 
 
 @hydra.main(config_path="pkg://conf", config_name="retrain", version_base="1.3")

@@ -160,3 +160,13 @@ def test_retrain_results_hold_best_and_last_with_their_predictions(tmp_path):
     last_preds = json.loads((run / LAST_PREDICTIONS).read_text())
     assert best_preds and len(best_preds) == len(last_preds)
     assert (best_preds == last_preds) == (results["best_epoch"] == 1)
+
+
+def test_an_epoch_ends_after_steps_per_epoch_steps(tmp_path):
+    """retrain's max_steps_per_epoch reaches the trainer as steps_per_epoch: 5 batches, 2 steps an epoch,
+    2 epochs -> 4 optimizer steps, and the cosine schedule spans exactly those 4 (lr back to lr_min 0)."""
+    model = nn.Conv2d(3, 2, 1)
+    trainer = _trainer(model, epochs=2)  # steps_per_epoch=2
+    trainer.fit(_batches(5), ScriptedEvaluation([0.1, 0.2]), 1, tmp_path, None)
+    assert trainer.step_count == 4
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)

@@ -11,6 +11,7 @@ point), so neither the weights nor `last.pt` ever hold the result of a bad step.
 from __future__ import annotations
 
 import json
+import itertools
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +42,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, max(1, epochs * steps_per_epoch), lr_min)
         self.epochs, self.device, self.grad_clip = epochs, device, grad_clip
+        self.steps_per_epoch = steps_per_epoch  # an epoch ends after this many steps (max_steps_per_epoch)
         self.bad_images = bad_images  # counts the skipped unreadable training images of each epoch
         self.primary = primary_metric  # the key of the evaluation scores that picks best.pt
         self.step_count, self.epoch, self.best = 0, 0, {primary_metric: -1.0, "epoch": -1}
@@ -65,7 +67,7 @@ class Trainer:
         total, n = 0.0, 0
         if self.bad_images is not None:
             self.bad_images.start_epoch()
-        bar = tqdm(loader, desc=f"train {self.epoch + 1}/{self.epochs}", disable=None, leave=False,
+        bar = tqdm(itertools.islice(loader, self.steps_per_epoch), total=self.steps_per_epoch, desc=f"train {self.epoch + 1}/{self.epochs}", disable=None, leave=False,
                    dynamic_ncols=True)
         for batch in bar:
             if self.bad_images is not None:
