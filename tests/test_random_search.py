@@ -35,8 +35,8 @@ def test_recalibrated_bn_statistics_are_the_plain_average_over_the_batches():
     assert net[1].momentum == 0.1 and net.training  # settings restored
 
 
-def test_scoring_on_an_image_subset_ignores_the_other_images(coco_mini_root):
-    data = CocoTopDown(coco_mini_root, "val2017")
+def test_scoring_on_an_image_subset_ignores_the_other_images(coco_set):
+    data = CocoTopDown(coco_set.root, coco_set.split)
     ids = sorted({s.image_id for s in data.samples})
     chosen = ids[:2]
     results = [{"image_id": s.image_id, "category_id": 1, "keypoints": s.keypoints.reshape(-1).tolist(),
