@@ -31,23 +31,23 @@ def check_finite(loss: torch.Tensor, what: str, step: int) -> float:
     return value
 
 
-def check_finite_grads(params: Iterable[torch.Tensor], what: str, step: int) -> None:
-    """Raise if any gradient of `params` (those that have one) holds a NaN or an inf.
+def _largest_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The largest |entry| over `tensors`: non-finite exactly when one entry is, and one reduction
+    (one device sync) for all of them. A 2-norm would overflow to inf on finite float32 entries above
+    ~1e19."""
+    return torch.stack([torch.linalg.vector_norm(t.detach(), ord=math.inf).double() for t in tensors]).amax()
 
-    One reduction: the largest |entry| is non-finite exactly when one entry is. (A 2-norm would
-    overflow to inf on finite float32 entries above ~1e19, and its dtype argument refused float64.)
-    """
+
+def check_finite_grads(params: Iterable[torch.Tensor], what: str, step: int) -> None:
+    """Raise if any gradient of `params` (those that have one) holds a NaN or an inf."""
     grads = [p.grad for p in params if p.grad is not None and p.grad.numel()]  # inf-norm: not of []
-    if not grads:
-        return
-    total = torch.stack([torch.linalg.vector_norm(g.detach(), ord=math.inf) for g in grads]).amax()
-    if not torch.isfinite(total):
+    if grads and not torch.isfinite(total := _largest_abs(grads)):
         raise _stop(f"a gradient of the {what}", float(total), step)
 
 
-def check_finite_tensors(tensors: Iterable[torch.Tensor], what: str, step: int) -> None:
+def check_finite_tensors(tensors: Iterable[torch.Tensor | None], what: str, step: int) -> None:
     """Raise if any of `tensors` (e.g. gradients from `torch.autograd.grad`, or the architecture
-    parameters after a step) holds a NaN or an inf."""
-    for t in tensors:
-        if t is not None and not bool(torch.isfinite(t.detach()).all()):
-            raise _stop(what, float("nan"), step)
+    parameters after a step; None entries are skipped) holds a NaN or an inf."""
+    present = [t for t in tensors if t is not None and t.numel()]
+    if present and not torch.isfinite(total := _largest_abs(present)):
+        raise _stop(what, float(total), step)
