@@ -95,28 +95,7 @@ def test_nan_gradient_with_finite_loss_stops_before_the_step(tmp_path, grad_clip
 
 
 # ---------------------------------------------------------------- the same, through python -m nas.retrain
-class _NaNBackward(torch.autograd.Function):
-    """Identity forward; NaN gradient backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(grad, math.nan)
-
-
-class NaNGradAfter(nn.Module):
-    """The usual loss, finite, but its gradient is NaN from the `after`-th call on (a config _target_)."""
-
-    def __init__(self, after: int):
-        super().__init__()
-        self.after, self.calls, self.loss = after, 0, KeypointMSELoss()
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.loss(_NaNBackward.apply(pred) if self.calls > self.after else pred, target, weight)
+# the criterion NaNGradAfter (finite loss, NaN gradient from a given call) is in tests/helpers.py
 
 
 def _retrain(tmp_path, *extra: str):
@@ -132,7 +111,7 @@ def _retrain(tmp_path, *extra: str):
 @pytest.mark.slow
 def test_retrain_nan_gradient_exits_3_with_last_pt_of_the_good_epoch(tmp_path):
     # one step an epoch: the second step (epoch 1) has a finite loss and a NaN gradient
-    proc = _retrain(tmp_path, "criterion._target_=tests.test_retrain_outputs.NaNGradAfter",
+    proc = _retrain(tmp_path, "criterion._target_=tests.helpers.NaNGradAfter",
                     "~criterion.use_target_weight", "+criterion.after=1")
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "gradient of the network is nan at step 1" in proc.stderr and "Traceback" not in proc.stderr
