@@ -15,6 +15,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -105,8 +106,23 @@ class ProfileConfig:
     max_activation_gb: float = 32.0
 
 
+@dataclass
+class StudyConfig:
+    """python -m nas.study: runs of nas.search / nas.retrain as Hydra multiruns, and their statistics."""
+    study: Any = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    run_dir: str = "runs/study/run"
+    resume: bool = False
+    launcher: list[str] = field(default_factory=list)  # overrides added to every multirun (hydra/launcher=...)
+    poll_s: float = 30.0  # how often the report is refreshed while runs go on
+    bootstrap: dict = field(default_factory=lambda: {"level": 0.95, "resamples": 10000, "seed": 0})
+
+
 def register() -> None:
+    # a study names each retrain run after its genotype file: hydra.sweep.subdir=${path_stem:${genotype}}
+    OmegaConf.register_new_resolver("path_stem", lambda path: Path(str(path)).stem, replace=True)
     store = ConfigStore.instance()
+    store.store(name="study_schema", node=StudyConfig)
     store.store(name="search_schema", node=SearchConfig)
     store.store(name="retrain_schema", node=RetrainConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)

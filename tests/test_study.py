@@ -1,0 +1,129 @@
+"""python -m nas.study end to end at tiny size: both studies, resume, and refusals.
+
+The statistics themselves are checked against hand-worked values in tests/test_study_stats.py; here
+the study must launch real multiruns of nas.search / nas.retrain, reuse finished runs, and report
+numbers that are those of its runs' results.json files.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nas.genotype import load
+from nas.study import stats
+from nas.study.runner import gflops, genotype_agreement
+from tests.helpers import REPO_ROOT, TINY_DATA, TINY_SPACE, module_cmd, run_env
+
+RETRAIN = [*TINY_DATA, "epochs=1", "batch_size=2", "max_steps_per_epoch=2", "eval_every=1", "flip_test=false"]
+DARTS = [*TINY_DATA, *TINY_SPACE, "epochs=2", "max_steps_per_epoch=2", "batch_size=2", "score_images=4",
+         "strategy.warmup_epochs=0"]
+EVOLUTION = [*TINY_DATA, "search_space=vipnas_mbv3", "strategy=evolution", "epochs=1", "strategy.supernet_steps=2",
+             "batch_size=2", "score_images=2", "strategy.population=4", "strategy.parents=2",
+             "strategy.generations=1", "strategy.mutations=2", "strategy.crossovers=1"]
+
+
+def _list(items: list[str]) -> str:
+    return "[" + ",".join(f"'{i}'" for i in items) + "]"
+
+
+def _study(tmp_path: Path, run_dir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(module_cmd("nas.study", f"run_dir={run_dir}", "poll_s=1", *args), capture_output=True,
+                          text=True, timeout=timeout, env=run_env(tmp_path / "cache"), cwd=REPO_ROOT)
+
+
+def _svr_args(seeds: str = "[0,1]") -> list[str]:
+    return [f"seeds={seeds}", "study=search_vs_random", "study.search=" + _list(DARTS),
+            "study.retrain=" + _list(RETRAIN), "study.random_per_seed=1", "study.flops_tolerance=20"]
+
+
+@pytest.mark.slow
+def test_search_vs_random_runs_end_to_end_and_reports_its_runs_numbers(tmp_path):
+    run_dir = tmp_path / "study"
+    proc = _study(tmp_path, run_dir, *_svr_args())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads((run_dir / "study.json").read_text())
+    assert [r["seed"] for r in table["rows"]] == [0, 1]
+    searched, randoms = [], []
+    for row in table["rows"]:
+        seed = row["seed"]
+        # the searched genotype is the seed's search result, retrained under the study's retrain config
+        assert load(run_dir / "genotypes" / f"seed{seed}_searched.json").genotype == \
+            load(run_dir / "search" / f"seed{seed}" / "genotype.json").genotype
+        results = json.loads((run_dir / "retrain" / f"seed{seed}_searched" / "results.json").read_text())
+        assert row["searched"] == results["AP"]
+        config = (run_dir / "retrain" / f"seed{seed}_searched" / "config.yaml").read_text()
+        assert "epochs: 1" in config and "seed: 0" in config
+        random_results = json.loads((run_dir / "retrain" / f"seed{seed}_random0" / "results.json").read_text())
+        assert row["random"] == [random_results["AP"]]
+        # the random genotype is another member of the same space, matched within the stated tolerance
+        rnd, srch = load(run_dir / "genotypes" / f"seed{seed}_random0.json"), load(run_dir / "genotypes" / f"seed{seed}_searched.json")
+        assert rnd.space == srch.space and rnd.space_args == srch.space_args and rnd.genotype != srch.genotype
+        assert abs(gflops(rnd) / gflops(srch) - 1) <= 20
+        searched.append(row["searched"])
+        randoms.append(row["random"])
+    report = (run_dir / "report.md").read_text()
+    diff = stats.paired_difference(searched, randoms)
+    assert f"**{diff:+.3f}**" in report
+    assert "finished" in report.splitlines()[0]
+    assert (run_dir / "search_vs_random.png").stat().st_size > 0
+    commands = (run_dir / "commands.txt").read_text().splitlines()
+    assert len(commands) == 2 and "nas.search --multirun seed=0,1" in commands[0] and "nas.retrain --multirun" in commands[1]
+
+    # a resumed study reuses every finished run and redoes only what is missing
+    (run_dir / "retrain" / "seed1_random0" / "results.json").unlink()
+    before = (run_dir / "retrain" / "seed0_searched" / "results.json").stat().st_mtime_ns
+    proc = _study(tmp_path, run_dir, *_svr_args(), "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "retrain" / "seed1_random0" / "results.json").is_file()
+    assert (run_dir / "retrain" / "seed0_searched" / "results.json").stat().st_mtime_ns == before
+    commands = (run_dir / "commands.txt").read_text().splitlines()
+    assert len(commands) == 3 and "seed1_random0" in commands[2] and "seed0_searched" not in commands[2]
+    assert "resume=true" in commands[2]  # its last.pt was left: resumed, not started again
+
+    # a changed study config on resume is refused, naming the key; nothing is touched
+    proc = _study(tmp_path, run_dir, *_svr_args(), "study.random_per_seed=2", "resume=true")
+    assert proc.returncode == 2 and "study.random_per_seed" in proc.stderr
+    assert len((run_dir / "commands.txt").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_proxy_fidelity_runs_end_to_end_on_an_evolution_run(tmp_path):
+    run_dir = tmp_path / "study"
+    proc = _study(tmp_path, run_dir, "seeds=[3]", "study=proxy_fidelity", "study.search=" + _list(EVOLUTION),
+                  "study.retrain=" + _list(RETRAIN), "study.candidates=3", "study.precision_k=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((run_dir / "search" / "seed3" / "pareto.json").read_text())["evaluated"]
+    ranked = sorted((e["AP"] for e in evaluated if not e["violations"]), reverse=True)
+    table = json.loads((run_dir / "study.json").read_text())
+    scores = [r["score"] for r in table["rows"]]
+    # evenly spread over the ranking: the best, the middle and the worst scored candidate
+    assert scores == [ranked[0], ranked[round((len(ranked) - 1) / 2)], ranked[-1]]
+    finals = [json.loads((run_dir / "retrain" / f"seed3_candidate{j}" / "results.json").read_text())["AP"]
+              for j in range(3)]
+    assert [r["final"] for r in table["rows"]] == finals
+    report = (run_dir / "report.md").read_text()
+    assert "Kendall tau" in report and (run_dir / "proxy_fidelity.png").stat().st_size > 0
+    tau = stats.kendall_tau(scores, finals)
+    if tau == tau:  # a constant side gives NaN, shown as nan
+        assert f"| 3 | 3 | {tau:.3f} |" in report
+
+
+def test_a_study_refuses_an_unknown_key_and_a_used_directory(tmp_path):
+    proc = _study(tmp_path, tmp_path / "a", "+study.random_per_sed=2")
+    assert proc.returncode == 2 and "random_per_sed" in proc.stderr
+    used = tmp_path / "b"
+    used.mkdir()
+    (used / "config.yaml").write_text("seeds: [0]\n")
+    proc = _study(tmp_path, used, "seeds=[0]")
+    assert proc.returncode == 2 and "resume=true" in proc.stderr
+    assert (used / "config.yaml").read_text() == "seeds: [0]\n"
+
+
+def test_genotype_agreement_counts_equal_leaves_by_hand():
+    a = {"normal": [["conv_3x3", 0], ["skip_connect", 1]]}
+    b = {"normal": [["conv_3x3", 1], ["skip_connect", 1]]}
+    assert genotype_agreement(a, b) == 3 / 4  # ops equal twice, inputs once of twice
+    assert genotype_agreement(a, a) == 1.0
