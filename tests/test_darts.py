@@ -206,3 +206,24 @@ def test_second_order_arch_gradient_matches_exact_autograd(after_weight_step):
     assert (first_order - want).norm() / want.norm() > 1e-5  # the test tells the orders apart
     if after_weight_step:
         assert (exact(False) - want).norm() / want.norm() > 1e-5  # and sees the momentum term
+
+
+def test_the_default_architecture_weight_decay_does_not_pin_the_alphas_near_zero():
+    """The heatmap loss gives the alphas gradients of ~1e-5. With DARTS's weight decay 1e-3 added to the
+    gradient (coupled), Adam settles where 1e-3 * alpha cancels it: alpha ~ 1e-5 / 1e-3 = 0.01, whatever
+    the learning rate. The default architecture optimizer must let a steady gradient of that size move
+    an alpha by about lr per step instead: 300 steps at lr 1e-2 -> about 3 (decoupled decay removes only
+    lr * 1e-3 * alpha <= 3e-5 per step)."""
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    from nas.config import register
+    register()  # the schemas search.yaml names
+    with initialize_config_module("conf", version_base="1.3"):
+        cfg = compose("search")
+    alpha = torch.nn.Parameter(torch.zeros(1))
+    opt = instantiate(cfg.strategy.arch_optimizer)([alpha])
+    for _ in range(300):
+        alpha.grad = torch.full_like(alpha, -1e-5)
+        opt.step()
+    assert alpha.item() > 2.5, alpha.item()
