@@ -21,7 +21,10 @@ from torch.utils.data import Dataset, Subset
 
 from nas.engine.runtime import make_loader
 from nas.errors import UserError
+from nas.pose.loss import KeypointMSELoss
 from nas.pose.predict import predict_coco
+
+_LOSS = KeypointMSELoss(use_target_weight=True)  # the search's default criterion (conf/search.yaml)
 
 
 def _eval_view(dataset: Dataset) -> tuple[Any, list[int]]:
@@ -99,4 +102,23 @@ class HeldOutPoseAccuracy:
             recalibrate_bn(model, self.calibration_batches())
         results = predict_coco(model, self.loader, self.device, self.flip_pairs, flip=self.flip,
                                sigma=self.sigma)
-        return self.dataset.evaluate(results, image_ids=self.image_ids)
+        scores = self.dataset.evaluate(results, image_ids=self.image_ids)
+        return {**scores, "neg_heatmap_loss": -self.heatmap_loss(model)}
+
+    def heatmap_loss(self, model: nn.Module) -> float:
+        """The training loss (target-weighted heatmap MSE) on the same held-out crops, per instance.
+
+        A continuous score beside AP: near the start of training every candidate's AP is close to 0
+        and moves in steps of whole matched people, while the loss still orders candidates. Returned
+        negated by `__call__` (`neg_heatmap_loss`, higher is better) so any strategy can rank by it."""
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in self.loader:
+                out = model(batch["image"].to(self.device))
+                per_sample = _LOSS(out.float(), batch["target"].to(self.device), batch["target_weight"].to(self.device))
+                total += float(per_sample) * len(out)
+                count += len(out)
+        model.train(was_training)
+        return total / max(1, count)

@@ -120,7 +120,12 @@ class Evolution:
             entry = {"genotype": genotype.genotype, **costs, "violations": self.cost.violations(costs)}
             if not entry["violations"]:
                 self.supernet.set_path(genotype)
-                entry[self.metric] = float(self.accuracy(self.supernet, calibrate=True)[self.metric])
+                scores = self.accuracy(self.supernet, calibrate=True)
+                if self.metric not in scores:
+                    raise UserError(f"strategy.metric={self.metric} is not a score of the accuracy estimator; "
+                                    f"use one of {', '.join(sorted(scores))}")
+                # every score is kept (pareto.json), so a study can compare proxies on the same candidates
+                entry.update({k: float(v) for k, v in scores.items() if isinstance(v, (int, float))})
                 self.supernet.set_path(None)
             self.cache[key] = entry
         return self.cache[key]

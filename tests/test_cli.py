@@ -126,7 +126,7 @@ def test_retrain_writes_results_with_coco_metrics(cache, searched, tmp_path):
 def test_malformed_genotype_is_one_line_and_exit_2(cache, tmp_path, content, message):
     path = tmp_path / "bad genotype.json"
     path.write_text(content)
-    proc = _run(cache, "nas.retrain", str(path), "epochs=1")
+    proc = _run(cache, "nas.retrain", str(path), "epochs=1", f"run_dir={tmp_path / 'r'}")  # not in the checkout
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -137,7 +137,7 @@ def test_unknown_op_in_genotype(cache, searched, tmp_path):
     data["genotype"]["fusion"][1][0] = "__import__('os').system('true')"
     path = tmp_path / "g.json"
     path.write_text(json.dumps(data))
-    proc = _run(cache, "nas.retrain", str(path))
+    proc = _run(cache, "nas.retrain", str(path), f"run_dir={tmp_path / 'r'}")  # not in the checkout
     assert proc.returncode == 2 and "genotype.fusion[1]" in proc.stderr and "Traceback" not in proc.stderr
 
 

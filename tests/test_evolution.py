@@ -194,3 +194,16 @@ def test_a_search_under_a_flops_limit_emits_a_genotype_that_profiles_under_it(tm
     front = json.loads((run_dir / "pareto.json").read_text())["evaluated"]
     pick = next(e for e in front if e["genotype"] == genotype["genotype"])
     assert pick["GFLOPs"] == pytest.approx(profiled["GFLOPs"], rel=1e-9)
+
+
+def test_every_score_of_the_estimator_is_kept_and_an_unknown_metric_is_refused(tmp_path):
+    def two_scores(model, genotype=None, calibrate=False):
+        return {"AP": sum(model.path.genotype["widths"]) / 1000.0, "neg_heatmap_loss": -0.5}
+
+    strategy = _evolution(tmp_path, accuracy=two_scores, generations=0)
+    _drive(strategy, range(2))
+    evaluated = json.loads((tmp_path / "pareto.json").read_text())["evaluated"]
+    feasible = [e for e in evaluated if not e["violations"]]
+    assert feasible and all(e["neg_heatmap_loss"] == -0.5 and "AP" in e for e in feasible)
+    with pytest.raises(UserError, match="strategy.metric=AR is not a score"):
+        _drive(_evolution(tmp_path / "b", accuracy=two_scores, generations=0, metric="AR"), range(2))

@@ -231,3 +231,13 @@ def test_plot_search_vs_random_with_only_unfinished_seeds(tmp_path):
 def test_plot_proxy_fidelity_writes_a_png(tmp_path, n):
     out = plot_proxy_fidelity(POINTS[:n], tmp_path / "sub" / "fidelity.png", "tau = 0.50")
     assert out == tmp_path / "sub" / "fidelity.png" and _is_png(out)
+
+
+def test_sparse_kendall_tau_can_bin_the_retrained_side_only():
+    # x = losses-like scores in other units, y = APs; threshold 0.1 bins y = [0.31, 0.33, 0.52] into
+    # [3, 3, 5]; x = [-0.0030, -0.0020, -0.0010] stays as it is (all distinct).
+    # pairs: (0,1): x up, y tied -> neither; (0,2), (1,2): concordant. tau-b = 2 / sqrt(3 * 2) = 0.8165
+    # Binning x with 0.1 as well would put every x in bin 0 -> constant -> NaN.
+    x, y = [-0.0030, -0.0020, -0.0010], [0.31, 0.33, 0.52]
+    assert sparse_kendall_tau(x, y, 0.1, bin_x=False) == pytest.approx(2 / math.sqrt(6))
+    assert math.isnan(sparse_kendall_tau(x, y, 0.1))

@@ -98,11 +98,22 @@ def _search_vs_random(study: Any, table: dict[str, Any], study_dir: Path, boot: 
 
 
 def _proxy_fidelity(study: Any, table: dict[str, Any], study_dir: Path) -> list[str]:
+    out = _fidelity_table(study, table, study_dir, "score", "search-time score")
+    for key in study.also_scores:
+        out += [f"The same candidates ranked by their search-time `{key}` instead:", ""]
+        out += _fidelity_table(study, table, study_dir, key, key, plot=False)[2:]
+    return out
+
+
+def _fidelity_table(study: Any, table: dict[str, Any], study_dir: Path, key: str, label: str,
+                    plot: bool = True) -> list[str]:
+    """The rank statistics per seed of search-time `key` ("score": the one the search ranked by)."""
     rows, metric = table["rows"], table["metric"]
+    rows = [{**r, "score": r["score"] if key == "score" else r.get("other_scores", {}).get(key)} for r in rows]
     out = [f"One-shot run: `nas.search {' '.join(study.search) or '(defaults)'}`; per seed {study.candidates} of "
            "its scored candidates, evenly spread over the ranking by search-time score (shared weights), "
            f"retrained with `nas.retrain G.json {' '.join(study.retrain)} seed={study.retrain_seed}`.", "",
-           f"| seed | n | Kendall tau | Spearman | sparse Kendall tau (bins of {study.sparse_threshold}) | "
+           f"| seed | n | Kendall tau | Spearman | sparse Kendall tau (retrained {metric} in bins of {study.sparse_threshold}) | "
            f"precision@{study.precision_k} | search min |", "|---|---|---|---|---|---|---|"]
     taus = []
     for seed in sorted({r["seed"] for r in rows}):
@@ -117,7 +128,7 @@ def _proxy_fidelity(study: Any, table: dict[str, Any], study_dir: Path) -> list[
         taus.append(tau)
         k = min(study.precision_k, len(pts))
         out.append(f"| {seed} | {len(pts)} | {_f(tau)} | {_f(stats.spearman(score, final))} | "
-                   f"{_f(stats.sparse_kendall_tau(score, final, study.sparse_threshold))} | "
+                   f"{_f(stats.sparse_kendall_tau(score, final, study.sparse_threshold, bin_x=False))} | "
                    f"{_f(stats.precision_at_k(score, final, k))} | {search_text} |")
     out.append("")
     if taus:
@@ -125,11 +136,12 @@ def _proxy_fidelity(study: Any, table: dict[str, Any], study_dir: Path) -> list[
                 f"(per seed: {', '.join(f'{t:.3f}' for t in taus)}).", ""]
     pts = [{"score": r["score"], "final": r["final"], "seed": r["seed"]} for r in rows
            if r["final"] is not None and r["score"] is not None]
-    if pts:
+    if pts and plot:
         title = "supernet score vs retrained " + metric + (f" (mean tau {statistics.fmean(taus):.2f})" if taus else "")
         figures.plot_proxy_fidelity(pts, study_dir / "proxy_fidelity.png", title)
         out += ["![proxy fidelity](proxy_fidelity.png)", ""]
-    out += ["| seed | candidate | search-time score | retrained " + metric + " | GFLOPs |", "|---|---|---|---|---|"]
-    out += [f"| {r['seed']} | {r['candidate']} | {_f(r['score'])} | {_f(r['final'])} | {_f(r['GFLOPs'], 4)} |"
-            for r in rows]
+    if plot:
+        out += [f"| seed | candidate | {label} | retrained " + metric + " | GFLOPs |", "|---|---|---|---|---|"]
+        out += [f"| {r['seed']} | {r['candidate']} | {_f(r['score'], 4)} | {_f(r['final'])} | {_f(r['GFLOPs'], 4)} |"
+                for r in rows]
     return out

@@ -99,7 +99,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(sps.spearmanr(xa, ya).statistic)
 
 
-def sparse_kendall_tau(x: Sequence[float], y: Sequence[float], threshold: float) -> float:
+def sparse_kendall_tau(x: Sequence[float], y: Sequence[float], threshold: float, bin_x: bool = True) -> float:
     """Kendall tau-b after treating values closer than about `threshold` as the same rank.
 
     Yu et al. 2020 ("How to train your super-net") use this "sparse" tau so that accuracy
@@ -113,7 +113,8 @@ def sparse_kendall_tau(x: Sequence[float], y: Sequence[float], threshold: float)
             or threshold <= 0:
         raise UserError(f"threshold must be a positive number, got {threshold!r}")
     xa, ya = _pair(x, y)
-    return kendall_tau(np.floor(xa / threshold + 0.5), np.floor(ya / threshold + 0.5))
+    xb = np.floor(xa / threshold + 0.5) if bin_x else xa  # bin_x=False: only y (e.g. retrained AP) is binned,
+    return kendall_tau(xb, np.floor(ya / threshold + 0.5))  # for a score x in other units (a loss)
 
 
 def precision_at_k(score: Sequence[float], truth: Sequence[float], k: int) -> float:

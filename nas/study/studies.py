@@ -97,7 +97,8 @@ class ProxyFidelity:
 
     def __init__(self, search: list[str] | None = None, retrain: list[str] | None = None, candidates: int = 10,
                  retrain_seed: int = 0, metric: str = "AP", selection: str = "best",
-                 sparse_threshold: float = 0.01, precision_k: int = 3, name: str = "proxy_fidelity"):
+                 sparse_threshold: float = 0.01, precision_k: int = 3, name: str = "proxy_fidelity",
+                 also_scores: list[str] | None = None):
         if candidates < 2:
             raise UserError(f"study.candidates must be >= 2 (a rank correlation needs two), got {candidates}")
         if not 1 <= precision_k <= candidates:
@@ -109,6 +110,7 @@ class ProxyFidelity:
         self.search, self.retrain, self.candidates = list(search or []), list(retrain or []), candidates
         self.retrain_seed, self.metric, self.selection = retrain_seed, metric, selection
         self.sparse_threshold, self.precision_k, self.name = sparse_threshold, precision_k, name
+        self.also_scores = list(also_scores or [])  # other recorded search-time scores to correlate too
 
     def genotype_files(self, study_dir: Path, seed: int) -> list[Path]:
         return [study_dir / "genotypes" / f"seed{seed}_candidate{j}.json" for j in range(self.candidates)]
@@ -143,7 +145,9 @@ class ProxyFidelity:
         envelope = load(search_dir / runner.SEARCH_DONE)
         return [Genotype(space=envelope.space, genotype=e["genotype"], space_args=envelope.space_args,
                          input_size=envelope.input_size, heatmap_size=envelope.heatmap_size,
-                         provenance={"search_score": {score_key: e[score_key]}, "search_run": str(search_dir),
+                         provenance={"search_score": {score_key: e[score_key]},
+                                     "other_scores": {k: e.get(k) for k in self.also_scores},
+                                     "search_run": str(search_dir),
                                      "GFLOPs": e.get("GFLOPs"), "params_M": e.get("params_M")})
                 for e in picks]
 
@@ -157,6 +161,7 @@ class ProxyFidelity:
                 score = next(iter(g.provenance.get("search_score", {}).values()), None)
                 final = runner.retrained_metric(study_dir / "retrain" / path.stem, self.metric, self.selection)
                 rows.append({"seed": seed, "candidate": j, "score": score, "final": final,
+                             "other_scores": g.provenance.get("other_scores", {}),
                              "GFLOPs": g.provenance.get("GFLOPs"),
                              "retrain_s": runner.wall_seconds(study_dir / "retrain" / path.stem)})
         searches = {seed: runner.wall_seconds(study_dir / "search" / f"seed{seed}") for seed in seeds}
