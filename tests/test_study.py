@@ -88,6 +88,18 @@ def test_search_vs_random_runs_end_to_end_and_reports_its_runs_numbers(tmp_path)
     assert proc.returncode == 2 and "study.random_per_seed" in proc.stderr
     assert len((run_dir / "commands.txt").read_text().splitlines()) == 3
 
+    # another study may stand on these searches (same overrides, same seeds) instead of searching again
+    other = tmp_path / "other"
+    proc = _study(tmp_path, other, *_svr_args("[1]"), f"study.search_from={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any("nas.search" in c for c in (other / "commands.txt").read_text().splitlines())
+    assert load(other / "genotypes" / "seed1_searched.json").genotype == \
+        load(run_dir / "search" / "seed1" / "genotype.json").genotype
+    # ... but not on searches made with other overrides
+    proc = _study(tmp_path, tmp_path / "third", *_svr_args("[1]"), f"study.search_from={run_dir}",
+                  "study.search=" + _list([*DARTS, "strategy.grad_clip=1.0"]))
+    assert proc.returncode == 2 and "cannot stand for this one" in proc.stderr
+
 
 @pytest.mark.slow
 def test_proxy_fidelity_runs_end_to_end_on_an_evolution_run(tmp_path):

@@ -110,11 +110,40 @@ def search_jobs(study_dir: Path, seeds: list[int]) -> list[Job]:
     return [Job(study_dir / "search" / f"seed{s}", {"seed": str(s)}) for s in seeds]
 
 
-def run_searches(launch: Launch, study_dir: Path, seeds: list[int], overrides: list[str]) -> dict[int, Path]:
-    """Search once per seed; returns seed -> the run directory (holding genotype.json)."""
+def run_searches(launch: Launch, study_dir: Path, seeds: list[int], overrides: list[str],
+                 search_from: str | None = None) -> dict[int, Path]:
+    """Search once per seed; returns seed -> the run directory (holding genotype.json). With
+    `search_from` (another study's directory), its finished searches of the same seeds are linked in
+    instead of searching again, provided they ran with exactly these overrides."""
     jobs = search_jobs(study_dir, seeds)
+    if search_from is not None:
+        for seed, job in zip(seeds, jobs):
+            link_search(Path(search_from) / "search" / f"seed{seed}", job.run_dir, [f"seed={seed}", *overrides])
     launch.multirun("nas.search", jobs, list(overrides), study_dir / "search", "seed${seed}", SEARCH_DONE)
     return {s: j.run_dir for s, j in zip(seeds, jobs)}
+
+
+def link_search(source: Path, target: Path, overrides: list[str]) -> None:
+    """Link a finished search of another study into this one (no copy: it stays that study's run)."""
+    if target.exists() or target.is_symlink():
+        return
+    if not (source / SEARCH_DONE).is_file():
+        raise UserError(f"study.search_from: {source} holds no finished search ({SEARCH_DONE}); run that "
+                        "study to the end first, or drop study.search_from")
+    ran = [o for o in (read_yaml_list(source / ".hydra" / "overrides.yaml")) if not o.startswith("resume=")]
+    if sorted(ran) != sorted(overrides):
+        raise UserError(f"study.search_from: {source} ran with overrides {ran}, not this study's {overrides}; "
+                        "its search is another search, so it cannot stand for this one")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(source.resolve(), target_is_directory=True)
+    log.info("search seed reused from %s", source)
+
+
+def read_yaml_list(path: Path) -> list[str]:
+    from omegaconf import OmegaConf
+    if not path.is_file():
+        raise UserError(f"{path} is missing, so the overrides that search ran with are unknown")
+    return [str(o) for o in OmegaConf.load(path)]
 
 
 def run_retrains(launch: Launch, study_dir: Path, genotypes: list[Path], overrides: list[str]) -> dict[str, Path]:

@@ -34,7 +34,8 @@ class SearchVsRandom:
 
     def __init__(self, search: list[str] | None = None, retrain: list[str] | None = None,
                  random_per_seed: int = 3, flops_tolerance: float = 0.1, max_draws: int = 5000,
-                 retrain_seed: int = 0, metric: str = "AP", selection: str = "best", name: str = "search_vs_random"):
+                 retrain_seed: int = 0, metric: str = "AP", selection: str = "best", name: str = "search_vs_random",
+                 search_from: str | None = None):
         if random_per_seed < 1:
             raise UserError(f"study.random_per_seed must be >= 1, got {random_per_seed}")
         if not flops_tolerance > 0:
@@ -44,13 +45,14 @@ class SearchVsRandom:
         self.search, self.retrain = list(search or []), list(retrain or [])
         self.random_per_seed, self.tolerance, self.max_draws = random_per_seed, flops_tolerance, max_draws
         self.retrain_seed, self.metric, self.selection, self.name = retrain_seed, metric, selection, name
+        self.search_from = search_from  # another study's directory whose searches (same overrides) to reuse
 
     def genotype_files(self, study_dir: Path, seed: int) -> list[Path]:
         files = [study_dir / "genotypes" / f"seed{seed}_searched.json"]
         return files + [study_dir / "genotypes" / f"seed{seed}_random{j}.json" for j in range(self.random_per_seed)]
 
     def run(self, study_dir: Path, seeds: list[int], launch: Launch) -> None:
-        searches = runner.run_searches(launch, study_dir, seeds, self.search)
+        searches = runner.run_searches(launch, study_dir, seeds, self.search, self.search_from)
         files: list[Path] = []
         for seed in seeds:
             searched_path, *random_paths = self.genotype_files(study_dir, seed)
@@ -98,7 +100,7 @@ class ProxyFidelity:
     def __init__(self, search: list[str] | None = None, retrain: list[str] | None = None, candidates: int = 10,
                  retrain_seed: int = 0, metric: str = "AP", selection: str = "best",
                  sparse_threshold: float = 0.01, precision_k: int = 3, name: str = "proxy_fidelity",
-                 also_scores: list[str] | None = None):
+                 also_scores: list[str] | None = None, search_from: str | None = None):
         if candidates < 2:
             raise UserError(f"study.candidates must be >= 2 (a rank correlation needs two), got {candidates}")
         if not 1 <= precision_k <= candidates:
@@ -111,12 +113,13 @@ class ProxyFidelity:
         self.retrain_seed, self.metric, self.selection = retrain_seed, metric, selection
         self.sparse_threshold, self.precision_k, self.name = sparse_threshold, precision_k, name
         self.also_scores = list(also_scores or [])  # other recorded search-time scores to correlate too
+        self.search_from = search_from
 
     def genotype_files(self, study_dir: Path, seed: int) -> list[Path]:
         return [study_dir / "genotypes" / f"seed{seed}_candidate{j}.json" for j in range(self.candidates)]
 
     def run(self, study_dir: Path, seeds: list[int], launch: Launch) -> None:
-        searches = runner.run_searches(launch, study_dir, seeds, self.search)
+        searches = runner.run_searches(launch, study_dir, seeds, self.search, self.search_from)
         files: list[Path] = []
         for seed in seeds:
             paths = self.genotype_files(study_dir, seed)
