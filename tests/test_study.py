@@ -139,3 +139,27 @@ def test_genotype_agreement_counts_equal_leaves_by_hand():
     b = {"normal": [["conv_3x3", 1], ["skip_connect", 1]]}
     assert genotype_agreement(a, b) == 3 / 4  # ops equal twice, inputs once of twice
     assert genotype_agreement(a, a) == 1.0
+
+
+@pytest.mark.slow
+def test_a_terminated_study_stops_the_runs_it_started(tmp_path):
+    """SIGTERM (what a scheduler or `kill` sends) must not orphan the multirun: it keeps the CPUs busy
+    and would race the resumed study for the same run directories."""
+    import os
+    import signal
+    import time
+
+    cmd = module_cmd("nas.study", f"run_dir={tmp_path / 'study'}", "poll_s=1", *_svr_args("[0]"))
+    study = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=run_env(tmp_path / "cache"), cwd=REPO_ROOT)
+    deadline, children = time.monotonic() + 120, []
+    while not children and time.monotonic() < deadline and study.poll() is None:
+        found = subprocess.run(["pgrep", "-P", str(study.pid)], capture_output=True, text=True).stdout
+        children = [int(p) for p in found.split()]
+        time.sleep(0.2)  # polling for the child to appear, not timing anything
+    assert children, "the study started no multirun"
+    study.send_signal(signal.SIGTERM)
+    assert study.wait(timeout=60) != 0
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +81,7 @@ class Launch:
         log.info("starting: python %s", shown)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(cmd)
+        previous = signal.signal(signal.SIGTERM, _raise_on_term)  # a killed study stops its runs too
         try:
             while True:
                 try:
@@ -92,9 +94,15 @@ class Launch:
             proc.terminate()
             proc.wait()
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if code != 0:
             log.warning("the multirun exited with code %d (python %s)", code, shown)
         return code
+
+
+def _raise_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _shell_quote(text: str) -> str:
