@@ -113,6 +113,7 @@ class StudyConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     run_dir: str = "runs/study/run"
     resume: bool = False
+    resume_allow_changes: list[str] = field(default_factory=list)  # as for runs: keys a resume may change
     launcher: list[str] = field(default_factory=list)  # overrides added to every multirun (hydra/launcher=...)
     poll_s: float = 30.0  # how often the report is refreshed while runs go on
     bootstrap: dict = field(default_factory=lambda: {"level": 0.95, "resamples": 10000, "seed": 0})
