@@ -104,23 +104,31 @@ def test_search_vs_random_runs_end_to_end_and_reports_its_runs_numbers(tmp_path)
 @pytest.mark.slow
 def test_proxy_fidelity_runs_end_to_end_on_an_evolution_run(tmp_path):
     run_dir = tmp_path / "study"
-    proc = _study(tmp_path, run_dir, "seeds=[3]", "study=proxy_fidelity", "study.search=" + _list(EVOLUTION),
+    proc = _study(tmp_path, run_dir, "seeds=[3,4]", "study=proxy_fidelity", "study.search=" + _list(EVOLUTION),
                   "study.retrain=" + _list(RETRAIN), "study.candidates=3", "study.precision_k=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    evaluated = json.loads((run_dir / "search" / "seed3" / "pareto.json").read_text())["evaluated"]
-    ranked = sorted((e["AP"] for e in evaluated if not e["violations"]), reverse=True)
     table = json.loads((run_dir / "study.json").read_text())
-    scores = [r["score"] for r in table["rows"]]
-    # evenly spread over the ranking: the best, the middle and the worst scored candidate
-    assert scores == [ranked[0], ranked[round((len(ranked) - 1) / 2)], ranked[-1]]
-    finals = [json.loads((run_dir / "retrain" / f"seed3_candidate{j}" / "results.json").read_text())["AP"]
-              for j in range(3)]
-    assert [r["final"] for r in table["rows"]] == finals
     report = (run_dir / "report.md").read_text()
     assert "Kendall tau" in report and (run_dir / "proxy_fidelity.png").stat().st_size > 0
-    tau = stats.kendall_tau(scores, finals)
-    if tau == tau:  # a constant side gives NaN, shown as nan
-        assert f"| 3 | 3 | {tau:.3f} |" in report
+    for seed in (3, 4):
+        evaluated = json.loads((run_dir / "search" / f"seed{seed}" / "pareto.json").read_text())["evaluated"]
+        feasible = [e for e in evaluated if not e["violations"]]
+        ranked = sorted(feasible, key=lambda e: -e["AP"])
+        rows = [r for r in table["rows"] if r["seed"] == seed]
+        scores = [r["score"] for r in rows]
+        # evenly spread over the ranking: the best, the middle and the worst scored candidate
+        assert scores == [ranked[0]["AP"], ranked[round((len(ranked) - 1) / 2)]["AP"], ranked[-1]["AP"]]
+        finals = [json.loads((run_dir / "retrain" / f"seed{seed}_candidate{j}" / "results.json").read_text())["AP"]
+                  for j in range(3)]
+        assert [r["final"] for r in rows] == finals
+        # the second score recorded by the search (held-out heatmap loss) travels with each candidate
+        losses = {json.dumps(e["genotype"], sort_keys=True): e["neg_heatmap_loss"] for e in feasible}
+        for j, row in enumerate(rows):
+            genotype = load(run_dir / "genotypes" / f"seed{seed}_candidate{j}.json").genotype
+            assert row["other_scores"]["neg_heatmap_loss"] == losses[json.dumps(genotype, sort_keys=True)]
+        tau = stats.kendall_tau(scores, finals)
+        if tau == tau:  # a constant side gives NaN, shown as nan
+            assert f"| {seed} | 3 | {tau:.3f} |" in report
 
 
 def test_a_study_refuses_an_unknown_key_and_a_used_directory(tmp_path):
