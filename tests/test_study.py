@@ -68,6 +68,11 @@ def test_search_vs_random_runs_end_to_end_and_reports_its_runs_numbers(tmp_path)
     diff = stats.paired_difference(searched, randoms)
     assert f"**{diff:+.3f}**" in report
     assert "finished" in report.splitlines()[0]
+    # agreement across seeds, beside the agreement of two random genotypes (chance), by hand from the files
+    g0, g1 = (load(run_dir / "genotypes" / f"seed{s}_searched.json").genotype for s in (0, 1))
+    r0, r1 = (load(run_dir / "genotypes" / f"seed{s}_random0.json").genotype for s in (0, 1))
+    assert f"seeds 0/1: {genotype_agreement(g0, g1):.0%}" in report
+    assert f"agree on {genotype_agreement(r0, r1):.0%} on average (1 pair)" in report
     assert (run_dir / "search_vs_random.png").stat().st_size > 0
     commands = (run_dir / "commands.txt").read_text().splitlines()
     assert len(commands) == 2 and "nas.search --multirun seed=0,1" in commands[0] and "nas.retrain --multirun" in commands[1]

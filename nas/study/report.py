@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from nas.study import figures, stats
+from nas.genotype import load
 from nas.study.runner import genotype_agreement
 from nas.utils.io import atomic_write_text
 
@@ -92,8 +93,12 @@ def _search_vs_random(study: Any, table: dict[str, Any], study_dir: Path, boot: 
     genos = [(r["seed"], r["genotype"]) for r in rows if r.get("genotype") is not None]
     if len(genos) > 1:
         pairs = [f"seeds {a}/{b}: {genotype_agreement(ga, gb):.0%}" for (a, ga), (b, gb) in itertools.combinations(genos, 2)]
+        randoms = [load(p).genotype for r in rows for p in study.genotype_files(study_dir, r["seed"])[1:] if p.is_file()]
+        chance = [genotype_agreement(a, b) for a, b in itertools.combinations(randoms, 2)]
+        level = f" For reference, two of the study's random genotypes agree on {statistics.fmean(chance):.0%} " \
+                f"on average ({len(chance)} pair{'s' if len(chance) != 1 else ''}): the level of chance." if chance else ""
         out += ["Genotype agreement across seeds (share of ops and inputs equal, position by position): "
-                + "; ".join(pairs) + ".", ""]
+                + "; ".join(pairs) + "." + level, ""]
     return out
 
 
