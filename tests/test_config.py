@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ---- every group option is type-checked before any work (issue 9 item 8) --------------------------
 CONF = REPO_ROOT / "conf"
-ENTRY_CONFIGS = ("search", "retrain", "evaluate", "inspect", "profile")
+ENTRY_CONFIGS = ("search", "retrain", "evaluate", "inspect", "profile", "study")
 
 
 def _compose(config: str, overrides: list[str]) -> DictConfig:
