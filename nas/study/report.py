@@ -41,8 +41,11 @@ def write(study: Any, table: dict[str, Any], study_dir: Path, commands: list[str
     else:
         body = _proxy_fidelity(study, table, study_dir)
     state = "finished" if finished else "in progress (refreshed as runs finish)"
+    run_s = sum(_run_seconds(table))
     lines = [f"# Study `{study.name}` ({table['kind']}): {state}", "",
-             f"Study directory: `{study_dir}`; wall time so far {elapsed_s / 60:.1f} min on {_machine()}.",
+             f"Study directory: `{study_dir}`, on {_machine()}. Its runs' epochs took {run_s / 60:.1f} min in all "
+             f"(startup and evaluation outside epochs not counted); this invocation's wall time "
+             f"{elapsed_s / 60:.1f} min (a resumed study counts only its own).",
              f"Metric: retrained {table['metric']} of the {table['selection']} epoch "
              f"({'best validation epoch, as published numbers are' if table['selection'] == 'best' else 'final epoch, no model selection'}).",
              "", *body, "", "## Commands", "", "The study started these multiruns (each run is an ordinary run "
@@ -50,6 +53,14 @@ def write(study: Any, table: dict[str, Any], study_dir: Path, commands: list[str
     path = study_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _run_seconds(table: dict[str, Any]) -> list[float]:
+    """The logged epoch times of every run the table knows (searches and retrains)."""
+    rows = table["rows"]
+    if table["kind"] == "search_vs_random":
+        return [r["search_s"] or 0.0 for r in rows] + [s for r in rows for s in r["retrain_s"]]
+    return [s or 0.0 for s in table["search_s"].values()] + [r["retrain_s"] or 0.0 for r in rows]
 
 
 def _search_vs_random(study: Any, table: dict[str, Any], study_dir: Path, boot: dict[str, Any]) -> list[str]:
