@@ -116,7 +116,7 @@ def _search_vs_random(study: Any, table: dict[str, Any], study_dir: Path, boot: 
 def _proxy_fidelity(study: Any, table: dict[str, Any], study_dir: Path) -> list[str]:
     out = _fidelity_table(study, table, study_dir, "score", "search-time score")
     for key in study.also_scores:
-        out += [f"The same candidates ranked by their search-time `{key}` instead:", ""]
+        out += ["", f"The same candidates ranked by their search-time `{key}` instead:", ""]
         out += _fidelity_table(study, table, study_dir, key, key, plot=False)[2:]
     return out
 
