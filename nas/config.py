@@ -35,6 +35,7 @@ class RunConfig:
     batch_size: int = 16
     num_workers: int = 1
     threads: Optional[int] = None
+    channels_last: bool = True  # NHWC weights and activations (nas.engine.runtime.to_memory_format)
     resume: bool = False
     # keys (or prefixes: `optimizer`) a resume may change; recorded in <run_dir>/resume_changes.jsonl
     resume_allow_changes: list[str] = field(default_factory=list)

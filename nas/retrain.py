@@ -29,7 +29,7 @@ from nas.config import register
 from nas.data.bad_images import BadImageMonitor
 from nas.engine.checkpoint import load_checkpoint
 from nas.engine.runtime import (check_decoder, configure_threads, log, make_loader, pick_device, prepare_run_dir,
-                                save_config, seed_everything)
+                                save_config, seed_everything, to_memory_format)
 from nas.engine.train_loop import BEST_PREDICTIONS, LAST_PREDICTIONS, Trainer
 from nas.errors import UserError
 from nas.genotype import load
@@ -55,7 +55,7 @@ def retrain(cfg: DictConfig) -> dict:
     heatmap_size = list(cfg.heatmap_size or genotype.heatmap_size)
     data = instantiate(cfg.data, input_size=input_size, heatmap_size=heatmap_size)
     seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG
-    model = space.build(genotype).to(device)
+    model = to_memory_format(space.build(genotype).to(device), cfg.channels_last)
     if space.args.get("num_keypoints", data.num_keypoints) != data.num_keypoints:
         raise UserError(f"the genotype's network predicts {space.args['num_keypoints']} keypoints but "
                         f"data={data.name} has {data.num_keypoints}")

@@ -22,7 +22,7 @@ from nas.cli import user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
 from nas.data.build import split_by_image
-from nas.engine.runtime import (configure_threads, log, make_loader, pick_device, prepare_run_dir,
+from nas.engine.runtime import (configure_threads, log, make_loader, pick_device, prepare_run_dir, to_memory_format,
                                 save_config, seed_everything)
 from nas.engine.search_loop import EarlyStop, run_search
 from nas.errors import UserError
@@ -46,7 +46,7 @@ def search(cfg: DictConfig) -> Path:
         raise UserError(f"search_space.num_keypoints={space.args.get('num_keypoints')} but the data has "
                         f"{data.num_keypoints} keypoints; set search_space.num_keypoints={data.num_keypoints}")
     check_budget(space.supernet, data.input_size, cfg.max_params_m, cfg.max_activation_gb)  # before allocating
-    supernet = space.supernet().to(device)
+    supernet = to_memory_format(space.supernet().to(device), cfg.channels_last)
     weight_set, arch_set = split_by_image(data.train, cfg.arch_fraction, cfg.seed)
     train_loader = make_loader(weight_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)
     arch_loader = make_loader(arch_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)

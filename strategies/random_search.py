@@ -21,7 +21,7 @@ from torch import nn
 
 from nas.engine.checkpoint import generator_state, set_generator_state
 from nas.engine.guards import check_finite, check_finite_grads
-from nas.engine.runtime import log
+from nas.engine.runtime import log, to_memory_format
 from nas.errors import UserError
 from nas.genotype import Genotype
 
@@ -98,7 +98,8 @@ class RandomSearch:
 
     def _start_candidate(self) -> None:
         device = next(self.supernet.parameters()).device
-        self.net = self.space.build(Genotype.from_dict(self.candidates[len(self.scores)])).to(device)
+        net = self.space.build(Genotype.from_dict(self.candidates[len(self.scores)])).to(device)
+        self.net = to_memory_format(net, _channels_last(self.supernet))  # the layout the run asked for
         self.opt = self.make_optimizer(self.net.parameters())
         self.done_steps = 0
 
@@ -163,3 +164,8 @@ class RandomSearch:
 def _weights(net: nn.Module) -> list[nn.Parameter]:
     return list(net.weight_parameters()) if hasattr(net, "weight_parameters") else list(net.parameters())
 
+
+def _channels_last(net: nn.Module) -> bool:
+    """Whether `net`'s first convolution weight is in NHWC (the run's `channels_last`)."""
+    weight = next((p for p in net.parameters() if p.dim() == 4 and p.shape[-1] > 1), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()

@@ -47,6 +47,17 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def to_memory_format(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+    """Put the 4-d weights (and so, through PyTorch's convolution rules, every activation) in NHWC.
+
+    On this project's 2-core CPU a retrain step of a separable-convolution-heavy DARTS network took
+    0.59 s in NCHW and 0.35 s in NHWC (one thread, batch 32 at 96x72: oneDNN's depthwise backward is
+    the slow kernel in NCHW); cuDNN prefers NHWC too under AMP. The results are the same up to
+    floating-point summation order.
+    """
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, checkpoint: str = "last.pt",
                     config: DictConfig | None = None) -> Path | None:
     """Return the checkpoint to resume from (or None); refuse to start over a finished run, and
@@ -66,7 +77,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, checkpoint: str = "last.pt",
 
 
 # Keys that may differ on resume without mixing two runs: where and how fast it runs, not what it computes.
-RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "run_dir", "device", "threads", "num_workers")
+# how a run executes, not what it computes (channels_last changes only the summation order)
+RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "run_dir", "device", "threads", "num_workers", "channels_last")
 
 
 def check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -81,8 +93,8 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
     if not saved_path.is_file():
         log.warning("%s is missing: cannot check that the resumed config matches the run's", saved_path)
         return {}
-    old = _flatten(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False))
-    new = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    old = flatten_config(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False))
+    new = flatten_config(OmegaConf.to_container(cfg, resolve=True))
     changes = {key: {"old": old.get(key, "<absent>"), "new": new.get(key, "<absent>")}
                for key in sorted(set(old) | set(new))
                if old.get(key, _ABSENT) != new.get(key, _ABSENT) and key.split(".")[0] not in RESUME_FREE_KEYS}
@@ -104,13 +116,13 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
 _ABSENT = object()
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists are values (compared whole)."""
     if not isinstance(tree, dict) or (prefix and not tree):
         return {prefix: tree}
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        out.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
     return out
 
 
