@@ -356,5 +356,5 @@ def test_retrain_resume_with_another_learning_rate_is_refused(tmp_path):
     before = _run_files(tmp_path / "r")
     refused = _run(tmp_path, "nas.retrain", *args, "optimizer.lr=0.01", "resume=true")
     assert refused.returncode == 2, refused.stderr[-2000:]
-    assert "optimizer.lr (0.002 -> 0.01)" in refused.stderr and "Traceback" not in refused.stderr
+    assert "optimizer.lr (0.005 -> 0.01)" in refused.stderr and "Traceback" not in refused.stderr
     assert _run_files(tmp_path / "r") == before
