@@ -176,3 +176,31 @@ def test_a_terminated_study_stops_the_runs_it_started(tmp_path):
     for pid in children:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _finished_retrain(run_dir: Path, overrides: list[str]) -> None:
+    """A run directory whose config.yaml is what nas.retrain saves for `overrides` (composed the same way)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from nas.config import register
+    register()
+    with initialize_config_module("conf", version_base="1.3"):
+        cfg = compose(config_name="retrain", overrides=overrides)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def test_a_reused_run_must_match_the_config_the_study_would_run_now(tmp_path):
+    # A finished run trained at lr 1e-3 while the study's overrides now give the default lr: reusing it
+    # would mix two recipes, so the study names the key; the same overrides pass; free keys do not count.
+    from nas.errors import UserError
+    from nas.study.runner import config_drift, refuse_drift
+    shared = ["genotype=g.json", "epochs=4", "seed=0"]
+    _finished_retrain(tmp_path / "old", [*shared, "optimizer.lr=1e-3", "threads=2", "channels_last=false"])
+    drift = config_drift("nas.retrain", tmp_path / "old", shared)
+    assert list(drift) == ["optimizer.lr"] and drift["optimizer.lr"]["run"] == 0.001
+    assert config_drift("nas.retrain", tmp_path / "old", [*shared, "optimizer.lr=1e-3"]) == {}
+    with pytest.raises(UserError, match=r"optimizer\.lr.*optimizer\.lr=0\.001"):
+        refuse_drift("nas.retrain", tmp_path / "old", shared)
+    assert config_drift("nas.retrain", tmp_path / "missing", shared) == {}  # nothing saved: nothing to compare

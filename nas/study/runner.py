@@ -52,6 +52,9 @@ class Launch:
         """Run the jobs not finished yet (no `done` file): fresh ones in one multirun, the ones holding
         a checkpoint in another with resume=true. Every job's values must be swept over one key each."""
         pending = [j for j in jobs if not (j.run_dir / done).is_file()]
+        for job in jobs:
+            if job not in pending:
+                refuse_drift(module, job.run_dir, [*(f"{k}={v}" for k, v in job.values.items()), *shared])
         if len(pending) < len(jobs):
             log.info("%s: reusing %d finished run(s) of %d", module, len(jobs) - len(pending), len(jobs))
         codes: list[int] = []
@@ -112,6 +115,43 @@ def _shell_quote(text: str) -> str:
     if "'" in text and not any(c in text for c in '"\\`'):
         return '"' + text.replace("$", "\\$") + '"'
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def config_drift(module: str, run_dir: Path, overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """How the finished run's config.yaml differs from the config `python -m <module> <overrides>`
+    composes today, outside the keys a resume may always change (device, threads, channels_last...).
+    Non-empty when a default changed after the run: reusing it would mix two recipes in one study."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from nas.engine.runtime import RESUME_FREE_KEYS, flatten_config
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return {}
+    name = module.rsplit(".", 1)[-1]  # nas.retrain -> the retrain config
+    if GlobalHydra.instance().is_initialized():  # inside nas.study's own Hydra app
+        cfg = compose(config_name=name, overrides=overrides)
+    else:
+        with initialize_config_module("conf", version_base="1.3"):
+            cfg = compose(config_name=name, overrides=overrides)
+    old = flatten_config(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
+    new = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    return {key: {"run": old.get(key, "<absent>"), "now": new.get(key, "<absent>")}
+            for key in sorted(set(old) | set(new))
+            if old.get(key, None) != new.get(key, None) and key.split(".")[0] not in RESUME_FREE_KEYS}
+
+
+def refuse_drift(module: str, run_dir: Path, overrides: list[str]) -> None:
+    drift = config_drift(module, run_dir, overrides)
+    if drift:
+        shown = "; ".join(f"{k}: {v['run']!r} in the run, {v['now']!r} now" for k, v in list(drift.items())[:4])
+        pins = " ".join(f"{k}={v['run']}" for k, v in list(drift.items())[:4] if v["run"] != "<absent>")
+        raise UserError(f"{run_dir} finished under another {module} config than this study now gives ({shown}"
+                        f"{'; ...' if len(drift) > 4 else ''}), e.g. a default changed since; pin the run's values "
+                        f"in the study's overrides ({pins or 'see above'}, with resume_allow_changes for that "
+                        "key) or start the study in a new run_dir")
 
 
 def search_jobs(study_dir: Path, seeds: list[int]) -> list[Job]:
