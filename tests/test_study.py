@@ -204,3 +204,7 @@ def test_a_reused_run_must_match_the_config_the_study_would_run_now(tmp_path):
     with pytest.raises(UserError, match=r"optimizer\.lr.*optimizer\.lr=0\.001"):
         refuse_drift("nas.retrain", tmp_path / "old", shared)
     assert config_drift("nas.retrain", tmp_path / "missing", shared) == {}  # nothing saved: nothing to compare
+    # the job's own sweep key (a moved study's genotype path) is its identity, not its recipe
+    moved = ["genotype=elsewhere/g.json", "epochs=4", "seed=0", "optimizer.lr=1e-3"]
+    assert list(config_drift("nas.retrain", tmp_path / "old", moved)) == ["genotype"]
+    assert config_drift("nas.retrain", tmp_path / "old", moved, ignore={"genotype"}) == {}

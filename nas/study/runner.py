@@ -54,7 +54,8 @@ class Launch:
         pending = [j for j in jobs if not (j.run_dir / done).is_file()]
         for job in jobs:
             if job not in pending:
-                refuse_drift(module, job.run_dir, [*(f"{k}={v}" for k, v in job.values.items()), *shared])
+                refuse_drift(module, job.run_dir, [*(f"{k}={v}" for k, v in job.values.items()), *shared],
+                             ignore=set(job.values))
         if len(pending) < len(jobs):
             log.info("%s: reusing %d finished run(s) of %d", module, len(jobs) - len(pending), len(jobs))
         codes: list[int] = []
@@ -117,9 +118,11 @@ def _shell_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def config_drift(module: str, run_dir: Path, overrides: list[str]) -> dict[str, dict[str, Any]]:
+def config_drift(module: str, run_dir: Path, overrides: list[str],
+                 ignore: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
     """How the finished run's config.yaml differs from the config `python -m <module> <overrides>`
-    composes today, outside the keys a resume may always change (device, threads, channels_last...).
+    composes today, outside the keys a resume may always change (device, threads, channels_last...) and
+    the `ignore`d ones (the job's own sweep keys: a moved study's genotype paths name the same files).
     Non-empty when a default changed after the run: reusing it would mix two recipes in one study."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -140,18 +143,19 @@ def config_drift(module: str, run_dir: Path, overrides: list[str]) -> dict[str, 
     new = flatten_config(OmegaConf.to_container(cfg, resolve=True))
     return {key: {"run": old.get(key, "<absent>"), "now": new.get(key, "<absent>")}
             for key in sorted(set(old) | set(new))
-            if old.get(key, None) != new.get(key, None) and key.split(".")[0] not in RESUME_FREE_KEYS}
+            if old.get(key, None) != new.get(key, None) and key.split(".")[0] not in RESUME_FREE_KEYS
+            and key not in ignore}
 
 
-def refuse_drift(module: str, run_dir: Path, overrides: list[str]) -> None:
-    drift = config_drift(module, run_dir, overrides)
+def refuse_drift(module: str, run_dir: Path, overrides: list[str], ignore: set[str] = frozenset()) -> None:
+    drift = list(config_drift(module, run_dir, overrides, ignore).items())
     if drift:
-        shown = "; ".join(f"{k}: {v['run']!r} in the run, {v['now']!r} now" for k, v in list(drift.items())[:4])
-        pins = " ".join(f"{k}={v['run']}" for k, v in list(drift.items())[:4] if v["run"] != "<absent>")
+        shown = "; ".join(f"{k}: {v['run']!r} in the run, {v['now']!r} now" for k, v in drift[:4])
+        pins = " ".join(f"~{k}" if v["run"] == "<absent>" else f"{k}={v['run']}" for k, v in drift[:4])
         raise UserError(f"{run_dir} finished under another {module} config than this study now gives ({shown}"
-                        f"{'; ...' if len(drift) > 4 else ''}), e.g. a default changed since; pin the run's values "
-                        f"in the study's overrides ({pins or 'see above'}, with resume_allow_changes for that "
-                        "key) or start the study in a new run_dir")
+                        f"{'; ...' if len(drift) > 4 else ''}), e.g. a default changed since; add the run's values "
+                        f"to the study's overrides of {module} ({pins}) with resume_allow_changes naming that "
+                        "study key, or start the study in a new run_dir")
 
 
 def search_jobs(study_dir: Path, seeds: list[int]) -> list[Job]:
