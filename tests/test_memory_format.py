@@ -70,3 +70,31 @@ def test_random_search_reads_the_runs_layout_from_the_supernet():
     nchw, nhwc = _pair()
     assert _channels_last(nhwc) and not _channels_last(nchw)
     assert not _channels_last(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)))  # 1x1 kernels: layout unknown
+
+
+def test_resuming_in_the_other_layout_gives_the_same_fused_adam_step():
+    # channels_last may change on resume: the checkpoint's NCHW Adam moments then sit beside NHWC weights.
+    # Fused Adam must still pair each weight with its own moments. Reference: element-wise Adam in NCHW
+    # from the same state with the same gradient.
+    gen = torch.Generator().manual_seed(4)
+    start, grads = torch.randn(6, 5, 3, 3, generator=gen), [torch.randn(6, 5, 3, 3, generator=gen) for _ in range(3)]
+    saved_run = torch.nn.Parameter(start.clone())
+    saved_opt = torch.optim.Adam([saved_run], lr=1e-2)
+    for g in grads[:2]:  # two steps so both moments are non-trivial
+        saved_run.grad = g.clone()
+        saved_opt.step()
+    state = copy.deepcopy(saved_opt.state_dict())
+
+    def resume(fused: bool, channels_last: bool) -> torch.Tensor:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        weight = torch.nn.Parameter(saved_run.detach().clone().contiguous(memory_format=layout))
+        optimizer = torch.optim.Adam([weight], lr=1e-2, fused=fused)
+        optimizer.load_state_dict(copy.deepcopy(state))
+        assert optimizer.state[weight]["exp_avg"].stride() != weight.stride() or not channels_last
+        weight.grad = grads[2].clone().contiguous(memory_format=layout)
+        optimizer.step()
+        return weight.detach()
+
+    reference = resume(fused=False, channels_last=False)
+    assert not torch.allclose(reference, saved_run.detach(), atol=1e-4)  # the step did move the weights
+    assert torch.allclose(resume(fused=True, channels_last=True), reference, atol=1e-7)

@@ -76,8 +76,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, checkpoint: str = "last.pt",
     return None
 
 
-# Keys that may differ on resume without mixing two runs: where and how fast it runs, not what it computes.
-# how a run executes, not what it computes (channels_last changes only the summation order)
+# Keys that may differ on resume without mixing two runs: where and how fast it runs, not what it computes
+# (channels_last changes only the floating-point summation order).
 RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "run_dir", "device", "threads", "num_workers", "channels_last")
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from estimators.complexity import count_gflops
 from estimators.constraints import emitted_network
@@ -119,7 +119,7 @@ def _shell_quote(text: str) -> str:
 
 
 def config_drift(module: str, run_dir: Path, overrides: list[str],
-                 ignore: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
+                 ignore: Collection[str] = ()) -> dict[str, dict[str, Any]]:
     """How the finished run's config.yaml differs from the config `python -m <module> <overrides>`
     composes today, outside the keys a resume may always change (device, threads, channels_last...) and
     the `ignore`d ones (the job's own sweep keys: a moved study's genotype paths name the same files).
@@ -147,7 +147,7 @@ def config_drift(module: str, run_dir: Path, overrides: list[str],
             and key not in ignore}
 
 
-def refuse_drift(module: str, run_dir: Path, overrides: list[str], ignore: set[str] = frozenset()) -> None:
+def refuse_drift(module: str, run_dir: Path, overrides: list[str], ignore: Collection[str] = ()) -> None:
     drift = list(config_drift(module, run_dir, overrides, ignore).items())
     if drift:
         shown = "; ".join(f"{k}: {v['run']!r} in the run, {v['now']!r} now" for k, v in drift[:4])
