@@ -208,3 +208,25 @@ def test_a_reused_run_must_match_the_config_the_study_would_run_now(tmp_path):
     moved = ["genotype=elsewhere/g.json", "epochs=4", "seed=0", "optimizer.lr=1e-3"]
     assert list(config_drift("nas.retrain", tmp_path / "old", moved)) == ["genotype"]
     assert config_drift("nas.retrain", tmp_path / "old", moved, ignore={"genotype"}) == {}
+
+
+def test_the_report_gives_no_interval_until_two_seeds_have_finished(tmp_path):
+    # The interval resamples seeds: over one finished seed it would be a single point (and "exclude zero").
+    from types import SimpleNamespace
+
+    from nas.study.report import _search_vs_random
+    study = SimpleNamespace(search=[], random_per_seed=2, tolerance=0.1, retrain=["epochs=1"], retrain_seed=0,
+                            genotype_files=lambda d, s: [])
+
+    def row(seed, searched, random):
+        return {"seed": seed, "searched": searched, "random": random, "metric": "AP", "search_s": 1.0,
+                "arch_gap": None, "searched_GFLOPs": 0.01, "random_GFLOPs": [0.01],
+                "random_mean": sum(random) / len(random) if random else None, "random_std": 0.0, "retrain_s": []}
+    boot = {"level": 0.95, "resamples": 200, "seed": 0}
+    one = "\n".join(_search_vs_random(study, {"rows": [row(0, 0.3, [0.2]), row(1, None, [])], "metric": "AP"},
+                                      tmp_path, boot))
+    assert "no interval yet" in one and "excludes" not in one and "**+0.100**" in one
+    two = "\n".join(_search_vs_random(study, {"rows": [row(0, 0.3, [0.2]), row(1, 0.5, [0.2])], "metric": "AP"},
+                                      tmp_path, boot))
+    # paired differences +0.1 and +0.3: mean +0.2; resampling two seeds gives means in [0.1, 0.3]
+    assert "**+0.200**" in two and "interval [+0.100, +0.300]" in two and "excludes zero" in two

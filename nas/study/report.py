@@ -89,16 +89,19 @@ def _search_vs_random(study: Any, table: dict[str, Any], study_dir: Path, boot: 
         searched = [r["searched"] for r in done]
         randoms = [r["random"] for r in done]
         diff = stats.paired_difference(searched, randoms)
-        low, high = stats.paired_bootstrap_ci(searched, randoms, level=boot["level"],
-                                              resamples=boot["resamples"], seed=boot["seed"])
         wins = sum(r["searched"] > max(r["random"]) for r in done)
+        if len(done) > 1:
+            low, high = stats.paired_bootstrap_ci(searched, randoms, level=boot["level"],
+                                                  resamples=boot["resamples"], seed=boot["seed"])
+            interval = (f"{boot['level']:.0%} bootstrap interval [{low:+.3f}, {high:+.3f}] (hierarchical: seeds, "
+                        f"then each seed's random genotypes, {boot['resamples']} resamples). The interval "
+                        f"{'excludes' if low > 0 or high < 0 else 'includes'} zero.")
+        else:  # resampling one seed says nothing about another seed
+            interval = "no interval yet: it resamples seeds, and one seed has finished."
         out += [f"**Pooled over {len(done)} seed(s)**: searched {metric} {statistics.fmean(searched):.3f}, "
                 f"random {statistics.fmean(x for r in randoms for x in r):.3f}; paired difference "
-                f"(searched − that seed's random mean) **{diff:+.3f}**, {boot['level']:.0%} bootstrap interval "
-                f"[{low:+.3f}, {high:+.3f}] (hierarchical: seeds, then each seed's random genotypes, "
-                f"{boot['resamples']} resamples). The interval "
-                f"{'excludes' if low > 0 or high < 0 else 'includes'} zero. The searched genotype beats every "
-                f"random one of its seed in {wins} of {len(done)} seed(s).", ""]
+                f"(searched − that seed's random mean) **{diff:+.3f}**, {interval} The searched genotype beats "
+                f"every random one of its seed in {wins} of {len(done)} seed(s).", ""]
         figures.plot_search_vs_random(rows, study_dir / "search_vs_random.png")
         out += ["![searched vs random](search_vs_random.png)", ""]
     genos = [(r["seed"], r["genotype"]) for r in rows if r.get("genotype") is not None]
