@@ -46,7 +46,12 @@ def search(cfg: DictConfig) -> Path:
         raise UserError(f"search_space.num_keypoints={space.args.get('num_keypoints')} but the data has "
                         f"{data.num_keypoints} keypoints; set search_space.num_keypoints={data.num_keypoints}")
     check_budget(space.supernet, data.input_size, cfg.max_params_m, cfg.max_activation_gb)  # before allocating
-    supernet = to_memory_format(space.supernet().to(device), cfg.channels_last)
+    # PC-DARTS's partial-channel supernet aborted in its backward pass in NHWC ("corrupted size vs.
+    # prev_size", PyTorch 2.14 on the CPU, 2-channel ops): it keeps NCHW until that is understood
+    channels_last = cfg.channels_last and (getattr(space, "partial_channels", None) or 1) == 1
+    if cfg.channels_last and not channels_last:
+        log.warning("channels_last=true is not used with search_space.partial_channels: the supernet runs in NCHW")
+    supernet = to_memory_format(space.supernet().to(device), channels_last)
     weight_set, arch_set = split_by_image(data.train, cfg.arch_fraction, cfg.seed)
     train_loader = make_loader(weight_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)
     arch_loader = make_loader(arch_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)
