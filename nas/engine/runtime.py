@@ -7,7 +7,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import numpy as np
 import torch
@@ -93,11 +93,7 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
     if not saved_path.is_file():
         log.warning("%s is missing: cannot check that the resumed config matches the run's", saved_path)
         return {}
-    old = flatten_config(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False))
-    new = flatten_config(OmegaConf.to_container(cfg, resolve=True))
-    changes = {key: {"old": old.get(key, "<absent>"), "new": new.get(key, "<absent>")}
-               for key in sorted(set(old) | set(new))
-               if old.get(key, _ABSENT) != new.get(key, _ABSENT) and key.split(".")[0] not in RESUME_FREE_KEYS}
+    changes = saved_config_changes(saved_path, cfg)
     allowed = list(cfg.get("resume_allow_changes") or [])
     refused = [key for key in changes if not any(key == a or key.startswith(f"{a}.") for a in allowed)]
     if refused:
@@ -114,6 +110,17 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 _ABSENT = object()
+
+
+def saved_config_changes(saved_path: Path, cfg: DictConfig, ignore: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+    """Dotted key -> {"old", "new"} for every value of the saved config.yaml that differs from `cfg`
+    (resolved), outside RESUME_FREE_KEYS and `ignore`; "<absent>" stands for a missing key."""
+    old = flatten_config(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False))
+    new = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    return {key: {"old": old.get(key, "<absent>"), "new": new.get(key, "<absent>")}
+            for key in sorted(set(old) | set(new))
+            if old.get(key, _ABSENT) != new.get(key, _ABSENT) and key.split(".")[0] not in RESUME_FREE_KEYS
+            and key not in ignore}
 
 
 def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -126,9 +126,8 @@ def config_drift(module: str, run_dir: Path, overrides: list[str],
     Non-empty when a default changed after the run: reusing it would mix two recipes in one study."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
-    from nas.engine.runtime import RESUME_FREE_KEYS, flatten_config
+    from nas.engine.runtime import saved_config_changes
 
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -139,12 +138,7 @@ def config_drift(module: str, run_dir: Path, overrides: list[str],
     else:
         with initialize_config_module("conf", version_base="1.3"):
             cfg = compose(config_name=name, overrides=overrides)
-    old = flatten_config(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
-    new = flatten_config(OmegaConf.to_container(cfg, resolve=True))
-    return {key: {"run": old.get(key, "<absent>"), "now": new.get(key, "<absent>")}
-            for key in sorted(set(old) | set(new))
-            if old.get(key, None) != new.get(key, None) and key.split(".")[0] not in RESUME_FREE_KEYS
-            and key not in ignore}
+    return {key: {"run": v["old"], "now": v["new"]} for key, v in saved_config_changes(saved, cfg, ignore).items()}
 
 
 def refuse_drift(module: str, run_dir: Path, overrides: list[str], ignore: Collection[str] = ()) -> None:
