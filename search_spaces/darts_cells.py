@@ -27,7 +27,7 @@ from nas.genotype import Genotype, GenotypeError
 from nas.pose.head import HeatmapHead
 from search_spaces.bounds import Bound, check_args, is_list
 from search_spaces.cells import Edge, FixedCell, SearchCell, num_edges
-from search_spaces.ops import OPS, PRIMITIVES
+from search_spaces.ops import OPS, PRIMITIVES, make_op
 
 CELL_TYPES = ("normal", "reduce", "fusion")
 
@@ -175,6 +175,58 @@ class DartsSupernet(CellPoseNet):
         return [p for p in self.parameters() if id(p) not in arch]
 
 
+def measure_edge_latency(supernet: DartsSupernet, input_size: Sequence[int], width: int, search_width: int,
+                         runs: int, warmup: int) -> dict[str, torch.Tensor]:
+    """The work of `DartsCellsSpace.edge_latency`: one forward pass of the supernet records each mixed
+    op's input shape; each (op, channels, stride, H, W) is then built alone and timed (median)."""
+    from estimators.latency import _timed_runs
+    param = next(supernet.parameters())
+    channels_last = param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last) \
+        and not param.is_contiguous()
+    cells = [(kind, cell) for kind, cell in zip(supernet.kinds, supernet.cells)]
+    cells += [("fusion", cell) for cell in supernet.fusions]
+    shapes: dict[tuple[str, int, int], list[tuple[int, ...]]] = {}  # (kind, cell no., edge) -> input shape
+    hooks = [mixed.register_forward_pre_hook(
+        lambda _m, args, key=(kind, n, e): shapes.setdefault(key, []).append(tuple(args[0].shape)))
+        for n, (kind, cell) in enumerate(cells) for e, mixed in enumerate(cell.edges)]
+    was_training = supernet.training
+    try:
+        with torch.no_grad():
+            supernet.eval()(torch.zeros(1, 3, *input_size, device=param.device))
+    finally:
+        supernet.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    timed: dict[tuple[str, int, int, int, int], float] = {}
+    table = {kind: torch.zeros(num_edges(supernet.steps), len(supernet.primitives)) for kind in CELL_TYPES}
+    for (kind, n, e), seen in shapes.items():
+        _, c, h, w = seen[0]
+        c = c * width // search_width
+        stride = cells[n][1].stride(edge_source(e))
+        for k, name in enumerate(supernet.primitives):
+            if name == "none":
+                continue
+            key = (name, c, stride, h, w)
+            if key not in timed:
+                op = make_op(name, c, stride, affine=True).to(param.device).eval()
+                x = torch.zeros(1, c, h, w, device=param.device)
+                if channels_last:
+                    op, x = op.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode():
+                    timed[key] = float(torch.tensor(_timed_runs(op, x, runs, warmup)).median())
+            table[kind][e, k] += timed[key]
+    return table
+
+
+def edge_source(edge: int) -> int:
+    """The input index (0, 1: the cell's inputs; 2..: its nodes) of edge number `edge` of a cell."""
+    node = 0
+    while edge >= 2 + node:
+        edge -= 2 + node
+        node += 1
+    return edge
+
+
 def node_softmax(betas: torch.Tensor, steps: int) -> torch.Tensor:
     """(edges,) -> (edges,): softmax over each node's incoming edges (node i has 2 + i)."""
     sizes = [2 + i for i in range(steps)]
@@ -236,6 +288,20 @@ class DartsCellsSpace:
     def _net_args(self) -> tuple[int, int, int, int, int]:
         a = self.args
         return a["init_channels"], a["layers"], a["steps"], a["reductions"], a["num_keypoints"]
+
+    def edge_latency(self, supernet: DartsSupernet, input_size: Sequence[int], runs: int = 30,
+                     warmup: int = 5) -> dict[str, torch.Tensor]:
+        """{cell type: (edges, ops)} forward milliseconds of each candidate op on each edge, as the
+        emitted genotype's network would run it: at `retrain_channels` width (the supernet's widths
+        scaled), on the supernet's device and memory format, batch 1, summed over the cells that share
+        the type's architecture weights. `none` costs 0. Ops of the same shape are timed once."""
+        return measure_edge_latency(supernet, input_size, self.retrain_channels or self.args["init_channels"],
+                                    self.args["init_channels"], runs, warmup)
+
+    def edge_latency_about(self, input_size: Sequence[int]) -> dict[str, Any]:
+        """What an edge latency table depends on (a saved table must match it to be reused)."""
+        return {"space": self.name, "primitives": list(self.primitives), "input_size": list(input_size),
+                "width": self.retrain_channels or self.args["init_channels"]}
 
     def supernet(self) -> DartsSupernet:
         return DartsSupernet(*self._net_args(), primitives=self.primitives,

@@ -8,6 +8,8 @@ Works for any space whose supernet exposes `arch_parameters()` and `weight_param
 from __future__ import annotations
 
 import copy
+import logging
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -18,6 +20,7 @@ from nas.engine.guards import (NonFiniteLossError, check_finite, check_finite_gr
 from nas.errors import UserError
 from nas.genotype import Genotype
 
+log = logging.getLogger("posenas")
 Batch = dict[str, torch.Tensor]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -37,7 +40,8 @@ class Darts:
                  weight_optimizer: OptimizerFactory, arch_optimizer: OptimizerFactory,
                  epochs: int, steps_per_epoch: int, unrolled: bool = False,
                  warmup_epochs: float = 0.0, grad_clip: float = 5.0, lr_min: float = 0.0,
-                 fd_eps: float = 0.01):
+                 fd_eps: float = 0.01, latency_weight: float = 0.0, latency_table: str | None = None,
+                 input_size: tuple[int, int] | None = None, run_dir: str | None = None):
         if not hasattr(supernet, "arch_parameters"):
             raise UserError(f"search space {space.name!r} has no architecture parameters, so a "
                             "gradient strategy cannot search it; pick another strategy or space")
@@ -54,6 +58,18 @@ class Darts:
         self.fd_eps = fd_eps  # finite-difference step of the Hessian-vector product, over ||vector||
         self.warmup_steps = int(warmup_epochs * steps_per_epoch)
         self.steps = 0
+        if latency_weight < 0:
+            raise UserError(f"strategy.latency_weight={latency_weight} must be >= 0 (0: accuracy only)")
+        if latency_weight > 0 and not (hasattr(space, "edge_latency") and hasattr(supernet, "alphas")):
+            raise UserError(f"strategy.latency_weight needs a space that can time its ops per edge; "
+                            f"{space.name!r} cannot: set strategy.latency_weight=0")
+        self.latency_weight, self.input_size = latency_weight, input_size
+        self.latency_table, self.run_dir = latency_table, run_dir
+        self.latency: dict[str, torch.Tensor] | None = None  # measured at the first architecture step
+        if latency_weight > 0 and latency_table:
+            self.latency = self._latency_table()  # a bad file fails now, not after the warmup
+        elif latency_table:
+            log.warning("strategy.latency_table is not used: strategy.latency_weight is 0")
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return self.criterion(self.supernet(batch["image"]), batch["target"], batch["target_weight"])
@@ -63,6 +79,8 @@ class Darts:
         metrics: dict[str, float] = {}
         if self.steps >= self.warmup_steps:
             metrics["arch_loss"] = self._arch_step(train_batch, val_batch)
+            if self.latency_weight > 0:
+                metrics["expected_latency_ms"] = self.last_latency
         metrics["loss"] = self._weight_step(train_batch)
         metrics["lr"] = self.w_opt.param_groups[0]["lr"]
         self.steps += 1
@@ -90,8 +108,59 @@ class Darts:
             grads = torch.autograd.grad(loss, self.alphas)
             for a, g in zip(self.alphas, grads):
                 a.grad = g
+        if self.latency_weight > 0:
+            self._add_latency_grads(value)
         self._apply_arch_grads()
         return value
+
+    # ---- latency-aware search ------------------------------------------------------------
+    def expected_latency(self) -> torch.Tensor:
+        """Milliseconds of every op on every edge, weighted by the softmax of the alphas over the ops
+        other than `none` (which would otherwise win on latency alone and is never decoded)."""
+        if self.latency is None:
+            self.latency = self._latency_table()
+        total = torch.zeros(())
+        for kind, alpha in self.supernet.alphas.items():
+            table = self.latency[kind].to(alpha.device)
+            usable = [k for k, p in enumerate(self.supernet.primitives) if p != "none"]
+            total = total + (torch.softmax(alpha[:, usable], dim=-1) * table[:, usable]).sum().cpu()
+        return total
+
+    def _latency_table(self) -> dict[str, torch.Tensor]:
+        """Loaded from `latency_table` or measured now; either way written to the run directory."""
+        from estimators.edge_latency import load_edge_latency, save_edge_latency
+        if self.input_size is None:
+            raise UserError("strategy.latency_weight needs the input size; run it through nas.search")
+        about = self.space.edge_latency_about(self.input_size)
+        if self.latency_table:
+            shapes = {kind: tuple(a.shape) for kind, a in self.supernet.alphas.items()}
+            table = load_edge_latency(self.latency_table, about, shapes)
+            source = f"from {self.latency_table}"
+        else:
+            table = self.space.edge_latency(self.supernet, self.input_size)
+            device = next(self.supernet.parameters()).device
+            about = {**about, "device": str(device), "threads": torch.get_num_threads(),
+                     "torch": torch.__version__}
+            source = f"measured on {device}"
+        if self.run_dir is not None:
+            save_edge_latency(Path(self.run_dir) / "edge_latency.json", table, about)
+        names = self.supernet.primitives
+        per_op = torch.stack([t.mean(0) for t in table.values()]).mean(0)
+        log.info("latency-aware search (weight %g), op latency %s, ms per edge (mean over edges): %s",
+                 self.latency_weight, source,
+                 ", ".join(f"{n} {float(v):.3f}" for n, v in zip(names, per_op) if n != "none"))
+        return table
+
+    def _add_latency_grads(self, loss: float) -> None:
+        """The gradient of loss x (expected latency)^w (FBNet's and MnasNet's multiplicative form, in
+        log space: d log L + w d log LAT, times L), added to the alphas' loss gradients: w is the
+        share of loss one would trade for the same relative latency, whatever the loss's scale."""
+        alphas = list(self.supernet.alphas.values())
+        log_latency = torch.log(self.expected_latency())
+        grads = torch.autograd.grad(log_latency, alphas)
+        for a, g in zip(alphas, grads):
+            a.grad = a.grad + self.latency_weight * loss * g.to(a.grad)
+        self.last_latency = float(log_latency.detach().exp())
 
     def _apply_arch_grads(self) -> None:
         """The architecture optimizer's step, refused if a gradient is non-finite and undone if it
@@ -188,10 +257,12 @@ class Darts:
 
     def state_dict(self) -> dict:
         return {"weight_optimizer": self.w_opt.state_dict(), "arch_optimizer": self.a_opt.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "steps": self.steps}
+                "scheduler": self.scheduler.state_dict(), "steps": self.steps,
+                "latency": self.latency}  # a resumed search keeps the table it measured
 
     def load_state_dict(self, state: dict) -> None:
         self.w_opt.load_state_dict(state["weight_optimizer"])
         self.a_opt.load_state_dict(state["arch_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = state["steps"]
+        self.latency = state.get("latency")

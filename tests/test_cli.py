@@ -258,6 +258,7 @@ def test_unreadable_val_image_is_a_one_line_error_naming_it(tmp_path):
 # Strategies whose budget is not epochs x steps get their own tiny settings here (optional: a strategy
 # without an entry still runs, at its default budget).
 TINY_STRATEGY = {"darts": ["strategy.warmup_epochs=0"], "darts_second_order": ["strategy.warmup_epochs=0"],
+                 "darts_latency": ["strategy.warmup_epochs=0"],
                  "random": ["strategy.num_samples=2", "strategy.steps_per_candidate=1"],
                  "random_weight_sharing": ["strategy.num_samples=2", "strategy.supernet_steps=2"],
                  "evolution": ["strategy.supernet_steps=1", "strategy.population=2", "strategy.parents=1",
