@@ -295,8 +295,12 @@ class DartsCellsSpace:
         emitted genotype's network would run it: at `retrain_channels` width (the supernet's widths
         scaled), on the supernet's device and memory format, batch 1, summed over the cells that share
         the type's architecture weights. `none` costs 0. Ops of the same shape are timed once."""
-        return measure_edge_latency(supernet, input_size, self.retrain_channels or self.args["init_channels"],
-                                    self.args["init_channels"], runs, warmup)
+        device = next(supernet.parameters()).device
+        # building the timed ops draws initial weights: without a fork, a search that measures would
+        # continue on other random numbers than the same search reading a saved table
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return measure_edge_latency(supernet, input_size, self.retrain_channels or self.args["init_channels"],
+                                        self.args["init_channels"], runs, warmup)
 
     def edge_latency_about(self, input_size: Sequence[int]) -> dict[str, Any]:
         """What an edge latency table depends on (a saved table must match it to be reused)."""

@@ -56,7 +56,10 @@ def test_search_writes_a_complete_run_directory(searched):
 
 
 def test_same_seed_same_genotype(cache, searched, tmp_path):
-    proc = _search(cache, tmp_path / "again", "epochs=3")
+    # the default search is latency-aware: it times its ops, so a repeat reads the first run's table
+    table = searched / "edge_latency.json"
+    assert table.is_file()
+    proc = _search(cache, tmp_path / "again", "epochs=3", f"strategy.latency_table={table}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads((searched / "genotype.json").read_text())["genotype"]
     assert json.loads((tmp_path / "again" / "genotype.json").read_text())["genotype"] == first
@@ -67,7 +70,8 @@ def test_same_seed_same_genotype(cache, searched, tmp_path):
 def test_sigkill_then_resume_gives_the_uninterrupted_result(cache, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert _search(cache, full, "epochs=4", "max_steps_per_epoch=2").returncode == 0
-    args = [*SEARCH, f"run_dir={killed}", "epochs=4", "max_steps_per_epoch=2"]
+    pin = f"strategy.latency_table={full / 'edge_latency.json'}"  # the same op times as the full run
+    args = [*SEARCH, f"run_dir={killed}", "epochs=4", "max_steps_per_epoch=2", pin]
     proc = subprocess.Popen(module_cmd("nas.search", *args), env=run_env(cache), cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -80,9 +84,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(cache, tmp_path):
     assert (killed / "last.pt").exists() and not (killed / "genotype.json").exists()
     epoch_at_kill = torch.load(killed / "last.pt", weights_only=True)["epoch"]
     assert epoch_at_kill < 3
-    refused = _search(cache, killed, "epochs=4", "max_steps_per_epoch=2")
+    refused = _search(cache, killed, "epochs=4", "max_steps_per_epoch=2", pin)
     assert refused.returncode == 2 and "resume=true" in refused.stderr
-    resumed = _search(cache, killed, "epochs=4", "max_steps_per_epoch=2", "resume=true")
+    resumed = _search(cache, killed, "epochs=4", "max_steps_per_epoch=2", pin, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (json.loads((killed / "genotype.json").read_text())["genotype"]
             == json.loads((full / "genotype.json").read_text())["genotype"])

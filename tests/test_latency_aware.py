@@ -135,3 +135,14 @@ def test_saved_table_is_reused_and_refused_when_it_does_not_fit(tmp_path, monkey
     broken.write_text('{"format": "posenas.edge_latency", "version": 1, "cells": ')
     with pytest.raises(UserError, match="not a readable JSON"):
         build(broken)
+
+
+def test_timing_the_ops_leaves_the_random_numbers_alone():
+    # a search that measures must draw the same random numbers afterwards as one that loads a table
+    space = DartsCellsSpace(init_channels=4, layers=2, steps=2, reductions=1)
+    supernet = space.supernet()
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    space.edge_latency(supernet, (32, 24), runs=1, warmup=0)
+    assert torch.equal(torch.rand(3), expected)
