@@ -59,8 +59,10 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
         if bad_images is not None and bad_images.report():
             record["skipped_images"] = dict(bad_images.paths)
         metrics.write(record)
-        log.info("epoch %d/%d  loss %s  arch_loss %s  (%.0fs, ETA %s)", epoch + 1, epochs,
-                 _fmt(summary.get("loss")), _fmt(summary.get("arch_loss")), record["epoch_s"],
+        latency = f"  expected latency {summary['expected_latency_ms']:.2f} ms" \
+            if "expected_latency_ms" in summary else ""
+        log.info("epoch %d/%d  loss %s  arch_loss %s%s  (%.0fs, ETA %s)", epoch + 1, epochs,
+                 _fmt(summary.get("loss")), _fmt(summary.get("arch_loss")), latency, record["epoch_s"],
                  format_eta(time.time() - started, epoch + 1 - start, epochs - start))
         save_checkpoint(run_dir / "last.pt", {"model": supernet.state_dict(), "strategy": strategy.state_dict(),
                                               "rng": rng_state(), "epoch": epoch, **stopper.state_dict()})
