@@ -142,6 +142,11 @@ class Darts:
             about = {**about, "device": str(device), "threads": torch.get_num_threads(),
                      "torch": torch.__version__}
             source = f"measured on {device}"
+        usable = [k for k, p in enumerate(self.supernet.primitives) if p != "none"]
+        if not all(float(t[:, usable].sum()) > 0 for t in table.values()):
+            raise UserError(f"the op latency table ({source}) gives some cell type no positive time, so the "
+                            "latency term is undefined; measure anew (strategy.latency_table=null) or set "
+                            "strategy.latency_weight=0")
         if self.run_dir is not None:
             save_edge_latency(Path(self.run_dir) / "edge_latency.json", table, about)
         names = self.supernet.primitives

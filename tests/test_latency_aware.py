@@ -3,6 +3,7 @@ space, and the gradient the latency term adds to the architecture step, against 
 from __future__ import annotations
 
 import functools
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -131,6 +132,12 @@ def test_saved_table_is_reused_and_refused_when_it_does_not_fit(tmp_path, monkey
         build(saved, retrain_channels=8)
     with pytest.raises(UserError, match="no such file"):
         build(tmp_path / "missing.json")
+    zeros = tmp_path / "zeros.json"  # a table that prices nothing: log(expected latency) undefined
+    doc = json.loads(saved.read_text())
+    doc["cells"] = {k: [[0.0] * len(row) for row in rows] for k, rows in doc["cells"].items()}
+    zeros.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="no positive time"):
+        build(zeros)
     broken = tmp_path / "broken.json"
     broken.write_text('{"format": "posenas.edge_latency", "version": 1, "cells": ')
     with pytest.raises(UserError, match="not a readable JSON"):
