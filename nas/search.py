@@ -47,7 +47,8 @@ def search(cfg: DictConfig) -> Path:
                         f"{data.num_keypoints} keypoints; set search_space.num_keypoints={data.num_keypoints}")
     check_budget(space.supernet, data.input_size, cfg.max_params_m, cfg.max_activation_gb)  # before allocating
     # PC-DARTS's partial-channel supernet aborted in its backward pass in NHWC ("corrupted size vs.
-    # prev_size", PyTorch 2.14 on the CPU, 2-channel ops): it keeps NCHW until that is understood
+    # prev_size", PyTorch 2.14 on the CPU, 2-channel ops, once in CI): it keeps NCHW until that is
+    # understood. Not reproduced since (README, "Memory layout")
     channels_last = cfg.channels_last and (getattr(space, "partial_channels", None) or 1) == 1
     if cfg.channels_last and not channels_last:
         log.warning("channels_last=true is not used with search_space.partial_channels: the supernet runs in NCHW")
