@@ -66,6 +66,9 @@ class Darts:
         self.latency_weight, self.input_size = latency_weight, input_size
         self.latency_table, self.run_dir = latency_table, run_dir
         self.latency: dict[str, torch.Tensor] | None = None  # measured at the first architecture step
+        # the ops the latency term prices: all but `none` (computed once, used every architecture step)
+        self.priced = ([k for k, p in enumerate(supernet.primitives) if p != "none"]
+                       if latency_weight > 0 else [])
         if latency_weight > 0 and latency_table:
             self.latency = self._latency_table()  # a bad file fails now, not after the warmup
         elif latency_table:
@@ -122,8 +125,7 @@ class Darts:
         total = torch.zeros(())
         for kind, alpha in self.supernet.alphas.items():
             table = self.latency[kind].to(alpha.device)
-            usable = [k for k, p in enumerate(self.supernet.primitives) if p != "none"]
-            total = total + (torch.softmax(alpha[:, usable], dim=-1) * table[:, usable]).sum().cpu()
+            total = total + (torch.softmax(alpha[:, self.priced], dim=-1) * table[:, self.priced]).sum().cpu()
         return total
 
     def _latency_table(self) -> dict[str, torch.Tensor]:
@@ -142,8 +144,7 @@ class Darts:
             about = {**about, "device": str(device), "threads": torch.get_num_threads(),
                      "torch": torch.__version__}
             source = f"measured on {device}"
-        usable = [k for k, p in enumerate(self.supernet.primitives) if p != "none"]
-        if not all(float(t[:, usable].sum()) > 0 for t in table.values()):
+        if not all(float(t[:, self.priced].sum()) > 0 for t in table.values()):
             raise UserError(f"the op latency table ({source}) gives some cell type no positive time, so the "
                             "latency term is undefined; measure anew (strategy.latency_table=null) or set "
                             "strategy.latency_weight=0")
