@@ -15,6 +15,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,13 +30,19 @@ from nas.errors import UserError
 @dataclass
 class RunConfig:
     data: Any = None
+    logger: Any = None  # the `logger` group: none (null or empty), csv or wandb (nas/tracking.py)
     seed: int = 0
     device: str = "auto"
     epochs: int = 1
     batch_size: int = 16
-    num_workers: int = 1
+    num_workers: Optional[int] = 1  # None: 1 on the CPU, up to 8 per process on CUDA
+    pin_memory: Optional[bool] = None  # None: on CUDA
+    persistent_workers: Optional[bool] = None  # None: whenever num_workers > 0
     threads: Optional[int] = None
     channels_last: bool = True  # NHWC weights and activations (nas.engine.runtime.to_memory_format)
+    amp: Optional[str] = None  # mixed precision: bf16, fp16 (with a GradScaler) or None (fp32)
+    checkpoint_every_min: Optional[float] = None  # also checkpoint inside epochs every N minutes
+    requeue: bool = True  # on SLURM's signal: checkpoint, then requeue the job (scontrol / submitit)
     resume: bool = False
     # keys (or prefixes: `optimizer`) a resume may change; recorded in <run_dir>/resume_changes.jsonl
     resume_allow_changes: list[str] = field(default_factory=list)
@@ -63,6 +70,10 @@ class RetrainConfig(RunConfig):
     input_size: Optional[list] = None
     heatmap_size: Optional[list] = None
     optimizer: Any = None
+    lr_scaling: Optional[str] = None  # linear: lr x global batch / lr_base_batch (Goyal et al. 2017)
+    lr_base_batch: int = 32  # the global batch the configured lr was tuned for
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    compile: bool = False  # torch.compile the network for training
     lr_min: float = 0.0
     grad_clip: Optional[float] = None
     eval_every: int = 5
@@ -120,9 +131,26 @@ class StudyConfig:
     bootstrap: dict = field(default_factory=lambda: {"level": 0.95, "resamples": 10000, "seed": 0})
 
 
+_RUN_STAMP: list[float] = []
+
+
+def run_stamp(pattern: str) -> str:
+    """`${run_stamp:%Y%m%d-%H%M%S}`: like Hydra's `${now:...}`, but under torchrun (or a multi-task SLURM
+    job) every rank gets rank 0's time, so a run directory named after it is the same on all ranks.
+    The first call joins the process group and fixes the time for the life of the process."""
+    if not _RUN_STAMP:
+        from nas.engine import distributed
+        distributed.init_process_group()
+        _RUN_STAMP.append(distributed.broadcast_object(datetime.now().timestamp()))
+    return datetime.fromtimestamp(_RUN_STAMP[0]).strftime(pattern)
+
+
 def register() -> None:
+    from nas.sweeps import register_launchers
+    register_launchers()  # hydra/launcher=local|submitit_local|slurm: -m sweeps that survive a failed job
     # a study names each retrain run after its genotype file: hydra.sweep.subdir=${path_stem:${genotype}}
     OmegaConf.register_new_resolver("path_stem", lambda path: Path(str(path)).stem, replace=True)
+    OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
     store = ConfigStore.instance()
     store.store(name="study_schema", node=StudyConfig)
     store.store(name="search_schema", node=SearchConfig)

@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from estimators.complexity import count_gflops, count_params
 from nas.budget import check_budget
@@ -28,11 +30,16 @@ from nas.cli import positional_to_override, user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
 from nas.engine.checkpoint import load_checkpoint
-from nas.engine.runtime import (check_decoder, configure_threads, log, make_loader, pick_device, prepare_run_dir,
-                                save_config, seed_everything, to_memory_format)
+from nas.engine import distributed
+from nas.engine.precision import autocast, check_amp
+from nas.engine.preemption import StopRequests, clear_interrupted
+from nas.engine.runtime import (check_decoder, configure_threads, log, make_loader, prepare_run_dir, record_batch,
+                                save_config, seed_everything, shared_run_dir, to_memory_format)
+from nas.engine.sampling import full_pass_batches
 from nas.engine.train_loop import BEST_PREDICTIONS, LAST_PREDICTIONS, Trainer
 from nas.errors import UserError
 from nas.genotype import load
+from nas.tracking import make_logger
 from nas.pose.predict import predict_coco
 from nas.spaces import resolve
 from nas.utils.io import atomic_write_text
@@ -47,10 +54,11 @@ def retrain(cfg: DictConfig) -> dict:
     space = resolve(genotype, space_args)
     check_budget(lambda: space.build(genotype), cfg.input_size or genotype.input_size,  # before allocating
                  cfg.max_params_m, cfg.max_activation_gb)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    world, device = distributed.setup(cfg.device)  # torchrun / SLURM ranks, or a single process
+    amp = check_amp(cfg.amp, device)
+    run_dir = shared_run_dir(Path(HydraConfig.get().runtime.output_dir))
     resume_from = prepare_run_dir(run_dir, cfg.resume, config=cfg)  # refuses a changed config
     configure_threads(cfg.threads)
-    device = pick_device(cfg.device)
     input_size = list(cfg.input_size or genotype.input_size)
     heatmap_size = list(cfg.heatmap_size or genotype.heatmap_size)
     data = instantiate(cfg.data, input_size=input_size, heatmap_size=heatmap_size)
@@ -59,26 +67,51 @@ def retrain(cfg: DictConfig) -> dict:
     if space.args.get("num_keypoints", data.num_keypoints) != data.num_keypoints:
         raise UserError(f"the genotype's network predicts {space.args['num_keypoints']} keypoints but "
                         f"data={data.name} has {data.num_keypoints}")
-    train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, drop_last=True)
-    val_loader = make_loader(data.val, cfg.eval_batch_size, False, cfg.num_workers)
-    trainer = Trainer(model, instantiate(cfg.criterion), instantiate(cfg.optimizer)(model.parameters()),
-                      cfg.epochs, _steps(len(train_loader), cfg.max_steps_per_epoch), device, cfg.lr_min, cfg.grad_clip,
+    loader_args = dict(workers=cfg.num_workers, device=device, pin_memory=cfg.pin_memory,
+                       persistent_workers=cfg.persistent_workers)
+    train_loader = make_loader(data.train, cfg.batch_size, True, drop_last=True, seed=cfg.seed, **loader_args)
+    val_loader = make_loader(data.val, cfg.eval_batch_size, False, shard=True, **loader_args)  # split over ranks
+    train_net = parallel_net(model, world, device, cfg.sync_bn, cfg.compile)
+    lr = _learning_rate(cfg, world.size)
+    batch = record_batch(run_dir, cfg.batch_size, device, lr, cfg.optimizer.lr, cfg.lr_scaling)
+    stops = StopRequests(cfg.checkpoint_every_min, requeue=cfg.requeue, device=device)
+    trainer = Trainer(model, instantiate(cfg.criterion), instantiate(cfg.optimizer, lr=lr)(model.parameters()),
+                      cfg.epochs, _steps(full_pass_batches(train_loader), cfg.max_steps_per_epoch), device,
+                      cfg.lr_min, cfg.grad_clip,
                       best_extra={"genotype": {**genotype.to_dict(), "space_args": space_args},
                                   "input_size": input_size, "heatmap_size": heatmap_size},
                       primary_metric=data.val.primary_metric,
-                      bad_images=BadImageMonitor(len(data.train), data.max_bad_fraction))
-    save_config(cfg, run_dir)
-    log.info("retrain %s (%s) on %s: %d instances, %d epochs, input %s, device %s, run dir %s",
-             cfg.genotype, genotype.space, data.name, len(data.train), cfg.epochs, input_size, device, run_dir)
+                      bad_images=BadImageMonitor(len(data.train), data.max_bad_fraction),
+                      amp=amp, train_net=train_net, stops=stops)
+    if distributed.is_main():
+        save_config(cfg, run_dir)
+    log.info("retrain %s (%s) on %s: %d instances, %d epochs, input %s, batch %s, lr %g, device %s%s, run dir %s",
+             cfg.genotype, genotype.space, data.name, len(data.train), cfg.epochs, input_size, batch["text"], lr,
+             device, f", amp {amp}" if amp else "", run_dir)
 
     def evaluate(net):
-        preds = predict_coco(net, val_loader, device, data.flip_pairs, flip=cfg.flip_test,
-                             nms=data.nms, nms_threshold=data.nms_threshold,
-                             decode=cfg.decode, sigma=data.val.sigma)
-        return data.val.evaluate(preds), preds  # the trainer writes the predictions files
+        distributed.broadcast_module(net)  # rank 0's BatchNorm statistics on every rank
+        with autocast(amp, device):
+            preds = predict_coco(net, val_loader, device, data.flip_pairs, flip=cfg.flip_test,
+                                 nms=data.nms, nms_threshold=data.nms_threshold,
+                                 decode=cfg.decode, sigma=data.val.sigma, gather_total=len(data.val))
+        # scored once, on rank 0 (pycocotools); the same scores on every rank
+        scores = distributed.broadcast_object(data.val.evaluate(preds) if distributed.is_main() else None)
+        return scores, preds  # the trainer writes the predictions files
 
-    fitted = trainer.fit(train_loader, evaluate, cfg.eval_every, run_dir, resume_from)
+    with stops, make_logger(cfg.logger, run_dir, cfg, world.rank) as tracker:
+        trainer.tracker = tracker
+        fitted = trainer.fit(train_loader, evaluate, cfg.eval_every, run_dir, resume_from)
+        results = _results(fitted, model, cfg, data, genotype, input_size, heatmap_size, run_dir)
+        tracker.log_artifact(run_dir / "results.json", "results")
+    return results
+
+
+def _results(fitted: dict, model: nn.Module, cfg: DictConfig, data, genotype, input_size: list, heatmap_size: list,
+             run_dir: Path) -> dict:
+    """results.json from the best checkpoint (rank 0 writes it; every rank returns it)."""
     best, last = fitted["best"], fitted["last"]
+    distributed.barrier()  # best.pt is rank 0's to write; every rank reads it next
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     results = {**{k: v for k, v in best.items() if k != "epoch"}, "best_epoch": best["epoch"],
                "last": last, "model_selection": _selection_note(data.val.primary_metric),
@@ -88,8 +121,48 @@ def retrain(cfg: DictConfig) -> dict:
                "heatmap_size": heatmap_size, "flip_test": cfg.flip_test,
                "data": data.name, "genotype": str(Path(cfg.genotype).resolve()),
                "checkpoint": str(run_dir / "best.pt")}
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    if distributed.is_main():
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        clear_interrupted(run_dir)
+    distributed.barrier()
     return results
+
+
+def _learning_rate(cfg: DictConfig, processes: int) -> float:
+    """optimizer.lr, or with lr_scaling=linear that lr x global batch / lr_base_batch."""
+    if cfg.lr_scaling is None:
+        return float(cfg.optimizer.lr)
+    if cfg.lr_scaling != "linear":
+        raise UserError(f"lr_scaling={cfg.lr_scaling!r} is not a rule; use linear or null")
+    return float(cfg.optimizer.lr) * cfg.batch_size * processes / cfg.lr_base_batch
+
+
+def parallel_net(model: nn.Module, world: distributed.World, device: torch.device, sync_bn: bool,
+                 compile_net: bool) -> nn.Module:
+    """The module that trains: `model` itself in one process, else wrapped in DistributedDataParallel
+    (with SyncBatchNorm when asked: CUDA only), optionally torch.compile'd. `model` keeps the weights
+    (checkpoints hold its state_dict, without DDP's or compile's prefixes)."""
+    net: nn.Module = model
+    if sync_bn:
+        if device.type != "cuda":
+            raise UserError("sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); set sync_bn=false")
+        if world.enabled:  # converted in place of model's modules so checkpoints keep their keys
+            _convert_sync_bn(model)
+    if world.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True)
+    if compile_net:
+        net = torch.compile(net)
+    return net
+
+
+def _convert_sync_bn(model: nn.Module) -> None:
+    for name, child in model.named_children():
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(child)
+        if converted is not child:
+            setattr(model, name, converted)
+        elif not isinstance(child, nn.modules.batchnorm._BatchNorm):
+            _convert_sync_bn(child)
 
 
 def _selection_note(primary: str) -> str:
@@ -107,6 +180,8 @@ def _steps(loader_steps: int, cap: int | None) -> int:
 def main(cfg: DictConfig) -> None:
     with user_errors(cfg):  # checks cfg first (nas.config.check_config)
         results = retrain(cfg)
+    if not distributed.is_main():
+        return
     primary = results["primary_metric"]
     extra = f"  AP50 {results['AP50']:.4f}" if primary == "AP" and "AP50" in results else ""
     print(f"\n{primary} {results[primary]:.4f}{extra}  params {results['params'] / 1e6:.2f}M  "

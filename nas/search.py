@@ -22,21 +22,26 @@ from nas.cli import user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
 from nas.data.build import split_by_image
-from nas.engine.runtime import (configure_threads, log, make_loader, pick_device, prepare_run_dir, to_memory_format,
-                                save_config, seed_everything)
+from nas.engine import distributed
+from nas.engine.precision import check_amp
+from nas.engine.preemption import StopRequests, clear_interrupted
+from nas.engine.runtime import (configure_threads, log, make_loader, prepare_run_dir, record_batch, save_config,
+                                seed_everything, shared_run_dir, to_memory_format)
 from nas.engine.search_loop import EarlyStop, run_search
 from nas.errors import UserError
 from nas.genotype import save
+from nas.tracking import make_logger
 
 register()
 
 
 def search(cfg: DictConfig) -> Path:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    world, device = distributed.setup(cfg.device)  # torchrun / SLURM ranks, or a single process
+    check_amp(cfg.amp, device)
+    run_dir = shared_run_dir(Path(HydraConfig.get().runtime.output_dir))
     resume_from = prepare_run_dir(run_dir, cfg.resume, config=cfg)  # refuses a changed config
     early_stop = EarlyStop(_early_stop_rule(cfg))
     configure_threads(cfg.threads)
-    device = pick_device(cfg.device)
     data = instantiate(cfg.data)
     seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG
     space = instantiate(cfg.search_space)
@@ -53,29 +58,52 @@ def search(cfg: DictConfig) -> Path:
     if cfg.channels_last and not channels_last:
         log.warning("channels_last=true is not used with search_space.partial_channels: the supernet runs in NCHW")
     supernet = to_memory_format(space.supernet().to(device), channels_last)
+    distributed.broadcast_module(supernet)  # one start for all ranks
     weight_set, arch_set = split_by_image(data.train, cfg.arch_fraction, cfg.seed)
-    train_loader = make_loader(weight_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)
-    arch_loader = make_loader(arch_set, cfg.batch_size, True, cfg.num_workers, drop_last=True)
+    loader_args = dict(workers=cfg.num_workers, drop_last=True, device=device, pin_memory=cfg.pin_memory,
+                       persistent_workers=cfg.persistent_workers)
+    train_loader = make_loader(weight_set, cfg.batch_size, True, seed=cfg.seed, **loader_args)
+    arch_loader = make_loader(arch_set, cfg.batch_size, True, seed=cfg.seed + 1, **loader_args)
     steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
     extras = _strategy_extras(cfg, data, weight_set, arch_set, device)
     strategy = instantiate(cfg.strategy, space=space, supernet=supernet, criterion=instantiate(cfg.criterion),
                            epochs=cfg.epochs, steps_per_epoch=steps, **extras)
     epochs, steps = getattr(strategy, "schedule", lambda: (cfg.epochs, steps))()
-    save_config(cfg, run_dir)
+    if distributed.is_main():
+        save_config(cfg, run_dir)
+    batch = record_batch(run_dir, cfg.batch_size, device)
     log.info("search: %s + %s on %s (%d/%d training instances for weights/architecture), %d epochs "
-             "x %d steps, device %s, run dir %s", space.name, type(strategy).__name__, data.name,
-             len(weight_set), len(arch_set), epochs, steps, device, run_dir)
+             "x %d steps, batch %s, device %s, run dir %s", space.name, type(strategy).__name__, data.name,
+             len(weight_set), len(arch_set), epochs, steps, batch["text"], device, run_dir)
     bad_images = BadImageMonitor(2 * steps * cfg.batch_size, data.max_bad_fraction)  # both batches
-    genotype = run_search(strategy, supernet, train_loader, arch_loader, epochs, device, run_dir,
-                          resume_from, steps, bad_images, early_stop.rule)
+    with StopRequests(cfg.checkpoint_every_min, requeue=cfg.requeue, device=device) as stops, \
+            make_logger(cfg.logger, run_dir, cfg, world.rank) as tracker:
+        genotype = run_search(strategy, supernet, train_loader, arch_loader, epochs, device, run_dir,
+                              resume_from, steps, bad_images, early_stop.rule, stops, tracker)
+        path = _finish(genotype, cfg, data, epochs, steps, world, batch, run_dir)
+        for name, kind in (("genotype.json", "genotype"), ("arch_weights.png", "arch_weights"),
+                           ("pareto.json", "pareto"), ("pareto.png", "pareto")):
+            tracker.log_artifact(run_dir / name, kind)  # a missing file is skipped
+    return path
+
+
+def _finish(genotype, cfg: DictConfig, data, epochs: int, steps: int, world: distributed.World, batch: dict,
+            run_dir: Path) -> Path:
+    """genotype.json (rank 0 writes; every rank gets its path once it exists)."""
     genotype.space = HydraConfig.get().runtime.choices["search_space"]
     genotype.input_size, genotype.heatmap_size = data.input_size, data.heatmap_size
     genotype.provenance = {**genotype.provenance, "strategy": HydraConfig.get().runtime.choices["strategy"], "seed": cfg.seed,
                            "data": data.name, "epochs": epochs, "steps_per_epoch": steps,
+                           "processes": world.size, "global_batch": batch["global_batch"],
                            "config": OmegaConf.to_container(cfg, resolve=True),
                            "versions": {"torch": torch.__version__, "python": platform.python_version()}}
-    _plot_arch_weights(run_dir)
-    return save(genotype, run_dir / "genotype.json")
+    path = run_dir / "genotype.json"
+    if distributed.is_main():
+        _plot_arch_weights(run_dir)
+        save(genotype, path)
+        clear_interrupted(run_dir)
+    distributed.barrier()  # the file exists for every rank when search() returns
+    return path
 
 
 def _early_stop_rule(cfg: DictConfig) -> str | None:
@@ -103,7 +131,7 @@ def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dic
     `space_name` (the search_space config name the emitted genotype file will carry)."""
     params = inspect.signature(get_class(cfg.strategy._target_)).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    offered = {"seed": cfg.seed, "run_dir": str(HydraConfig.get().runtime.output_dir),
+    offered = {"seed": cfg.seed, "run_dir": str(HydraConfig.get().runtime.output_dir), "amp": cfg.amp,
                "input_size": tuple(data.input_size),
                "space_name": HydraConfig.get().runtime.choices["search_space"]}  # the name genotype.json gets
     extras = {k: v for k, v in offered.items() if k in params or takes_all}
@@ -119,7 +147,8 @@ def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dic
 def main(cfg: DictConfig) -> None:
     with user_errors(cfg):  # checks cfg first (nas.config.check_config)
         path = search(cfg)
-    print(f"\ngenotype written to {path}\nretrain it with:\n  python -m nas.retrain {path}")
+    if distributed.is_main():
+        print(f"\ngenotype written to {path}\nretrain it with:\n  python -m nas.retrain {path}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,13 @@ approximation (the architecture gradient through one virtual weight step, with t
 product taken by finite differences as in the DARTS paper).
 
 Works for any space whose supernet exposes `arch_parameters()` and `weight_parameters()`.
+
+Under torch.distributed each rank holds the whole supernet and its share of every batch; every
+gradient (of the weights, of the architecture parameters, and the three of the second-order step:
+the virtual step's, the validation loss's at w', the two finite-difference probes') is averaged over
+the ranks before it is used, so the weights and alphas stay identical on every rank and equal those of
+one process on the concatenated batch (up to BatchNorm's per-rank batch statistics and float order).
+DDP is not used: it reduces only what `backward()` produces, not `torch.autograd.grad`'s results.
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nas.engine import distributed
+from nas.engine.precision import autocast, grad_scaler
 from nas.engine.guards import (NonFiniteLossError, check_finite, check_finite_grads,
                                check_finite_tensors)
 from nas.errors import UserError
@@ -41,7 +50,8 @@ class Darts:
                  epochs: int, steps_per_epoch: int, unrolled: bool = False,
                  warmup_epochs: float = 0.0, grad_clip: float = 5.0, lr_min: float = 0.0,
                  fd_eps: float = 0.01, latency_weight: float = 0.0, latency_table: str | None = None,
-                 input_size: tuple[int, int] | None = None, run_dir: str | None = None):
+                 input_size: tuple[int, int] | None = None, run_dir: str | None = None,
+                 amp: str | None = None):
         if not hasattr(supernet, "arch_parameters"):
             raise UserError(f"search space {space.name!r} has no architecture parameters, so a "
                             "gradient strategy cannot search it; pick another strategy or space")
@@ -55,6 +65,14 @@ class Darts:
         total = max(1, epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, total, lr_min)
         self.unrolled, self.grad_clip = unrolled, grad_clip
+        if unrolled and amp is not None:
+            raise UserError(f"amp={amp} with second-order DARTS: its finite-difference Hessian-vector product "
+                            "(weights moved by 0.01 / ||dw||) is below half precision's resolution, so the "
+                            "architecture gradient would be noise; use amp=null, or strategy.unrolled=false")
+        self.amp, self.device = amp, next(supernet.parameters()).device
+        self.scaler = grad_scaler(amp, self.device)  # fp16 only: bf16 needs no loss scaling
+        self.arch_skipped = 0  # fp16 architecture steps skipped on an overflowed gradient
+        self.last_latency = float("nan")
         self.fd_eps = fd_eps  # finite-difference step of the Hessian-vector product, over ||vector||
         self.warmup_steps = int(warmup_epochs * steps_per_epoch)
         self.steps = 0
@@ -75,7 +93,9 @@ class Darts:
             log.warning("strategy.latency_table is not used: strategy.latency_weight is 0")
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        return self.criterion(self.supernet(batch["image"]), batch["target"], batch["target_weight"])
+        with autocast(self.amp, self.device):
+            heatmaps = self.supernet(batch["image"])
+        return self.criterion(heatmaps.float() if self.amp else heatmaps, batch["target"], batch["target_weight"])
 
     def step(self, train_batch: Batch, val_batch: Batch) -> dict[str, float]:
         self.supernet.train()
@@ -93,11 +113,17 @@ class Darts:
         self.w_opt.zero_grad(set_to_none=True)
         loss = self.loss(batch)
         value = check_finite(loss, "training loss", self.steps)
-        loss.backward()
-        # Before clipping: clip_grad_norm_ would spread one NaN over every weight.
-        check_finite_grads(self.weights, "training loss", self.steps)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.weights)
+        value = distributed.mean_scalar(value, loss.device)
+        self.scaler.unscale_(self.w_opt)
+        # Before clipping: clip_grad_norm_ would spread one NaN over every weight. Under fp16 an
+        # overflow is expected now and then: the GradScaler skips that step and lowers its scale.
+        if not self.scaler.is_enabled():
+            check_finite_grads(self.weights, "training loss", self.steps)
         nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
-        self.w_opt.step()
+        self.scaler.step(self.w_opt)
+        self.scaler.update()
         self.scheduler.step()
         return value
 
@@ -108,7 +134,14 @@ class Darts:
         else:
             loss = self.loss(val_batch)
             value = check_finite(loss, "architecture (validation) loss", self.steps)
-            grads = torch.autograd.grad(loss, self.alphas)
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, self.alphas)
+            distributed.average_tensors(grads)
+            value = distributed.mean_scalar(value, loss.device)
+            grads = [g / scale for g in grads] if scale != 1.0 else grads
+            if scale != 1.0 and not all(bool(torch.isfinite(g).all()) for g in grads):
+                self.arch_skipped += 1  # fp16 overflow: skip this architecture step (the weight step's
+                return value            # GradScaler lowers the scale on its own overflow)
             for a, g in zip(self.alphas, grads):
                 a.grad = g
         if self.latency_weight > 0:
@@ -138,17 +171,18 @@ class Darts:
             shapes = {kind: tuple(a.shape) for kind, a in self.supernet.alphas.items()}
             table = load_edge_latency(self.latency_table, about, shapes)
             source = f"from {self.latency_table}"
-        else:
-            table = self.space.edge_latency(self.supernet, self.input_size)
+        else:  # measured by rank 0 and sent to all: every rank must price the ops alike
+            table = self.space.edge_latency(self.supernet, self.input_size) if distributed.is_main() else None
+            table = distributed.broadcast_object(table)
             device = next(self.supernet.parameters()).device
             about = {**about, "device": str(device), "threads": torch.get_num_threads(),
                      "torch": torch.__version__}
-            source = f"measured on {device}"
+            source = f"measured on {device}" + (" by rank 0" if distributed.world().enabled else "")
         if not all(float(t[:, self.priced].sum()) > 0 for t in table.values()):
             raise UserError(f"the op latency table ({source}) gives some cell type no positive time, so the "
                             "latency term is undefined; measure anew (strategy.latency_table=null) or set "
                             "strategy.latency_weight=0")
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.is_main():
             save_edge_latency(Path(self.run_dir) / "edge_latency.json", table, about)
         names = self.supernet.primitives
         per_op = torch.stack([t.mean(0) for t in table.values()]).mean(0)
@@ -190,6 +224,7 @@ class Darts:
         loss = self.loss(batch)
         check_finite(loss, "training loss of the virtual step", self.steps)
         grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
+        distributed.average_tensors(grads)
         check_finite_tensors(grads, "a weight gradient of the virtual step", self.steps)
         group = self.w_opt.param_groups[0]
         wd, momentum = group.get("weight_decay", 0.0), group.get("momentum", 0.0)
@@ -224,6 +259,8 @@ class Darts:
         loss = self.loss(val_batch)
         value = check_finite(loss, "architecture (validation) loss", self.steps)
         grads = torch.autograd.grad(loss, self.alphas + self.weights, allow_unused=True)
+        distributed.average_tensors(grads)
+        value = distributed.mean_scalar(value, loss.device)
         check_finite_tensors(grads, "a gradient of the architecture (validation) loss", self.steps)
         d_alpha = grads[: len(self.alphas)]
         d_w = [torch.zeros_like(w) if g is None else g
@@ -249,6 +286,7 @@ class Darts:
             loss = self.loss(batch)
             check_finite(loss, "training loss of the Hessian-vector product", self.steps)
             grads.append(torch.autograd.grad(loss, self.alphas, allow_unused=True))
+            distributed.average_tensors(grads[-1])
             check_finite_tensors(grads[-1], "an architecture gradient of the Hessian-vector product",
                                  self.steps)
         return [(torch.zeros_like(a) if gp is None else gp - gm) / (2 * eps)
@@ -262,9 +300,12 @@ class Darts:
         return {}
 
     def state_dict(self) -> dict:
-        return {"weight_optimizer": self.w_opt.state_dict(), "arch_optimizer": self.a_opt.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "steps": self.steps,
-                "latency": self.latency}  # a resumed search keeps the table it measured
+        state = {"weight_optimizer": self.w_opt.state_dict(), "arch_optimizer": self.a_opt.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "steps": self.steps,
+                 "latency": self.latency}  # a resumed search keeps the table it measured
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.w_opt.load_state_dict(state["weight_optimizer"])
@@ -272,3 +313,5 @@ class Darts:
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = state["steps"]
         self.latency = state.get("latency")
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])

@@ -10,6 +10,10 @@ recalibration, on a fixed, seeded subset of held-out training images. Candidates
 network `nas.retrain` / `nas.profile` build from the emitted genotype file (its space resolved by
 `space_name` with the genotype's own space_args), which can be wider than the searched supernet.
 
+Under torch.distributed every rank samples the same paths and candidates (seeded generators), phase 1
+averages the supernet's gradients over the ranks, and each generation's new candidates are scored in
+parallel, a share per rank, the scores gathered before any ranking.
+
 Each phase-2 generation is one search epoch without training steps, so the search loop checkpoints
 after every generation: the population, the generation counter, every evaluated candidate (the
 cache) and the RNG states are in `state_dict`, and a killed search resumes where it was.
@@ -25,7 +29,9 @@ import torch
 from torch import nn
 
 from estimators.constraints import CandidateCost, pareto_front
+from nas.engine import distributed
 from nas.engine.checkpoint import generator_state, set_generator_state
+from nas.engine.precision import autocast, grad_scaler
 from nas.engine.guards import check_finite, check_finite_grads
 from nas.engine.runtime import log
 from nas.errors import UserError
@@ -44,7 +50,7 @@ class Evolution:
                  generations: int = 5, parents: int = 8, mutations: int = 8, crossovers: int = 4,
                  mutation_prob: float = 0.2, constraints: dict | None = None,
                  latency_table: str | None = None, grad_clip: float = 5.0, metric: str = "AP",
-                 max_tries: int = 50, space_name: str | None = None):
+                 max_tries: int = 50, space_name: str | None = None, amp: str | None = None):
         if not hasattr(supernet, "set_path"):
             raise UserError(f"search space {space.name!r} has no weight-sharing supernet (set_path); "
                             "strategy=evolution needs one (e.g. search_space=vipnas_mbv3)")
@@ -59,6 +65,8 @@ class Evolution:
         self.sizes = dict(population=population, generations=generations, parents=parents,
                           mutations=mutations, crossovers=crossovers, max_tries=max_tries)
         self.mutation_prob = mutation_prob
+        self.amp, self.device = amp, next(supernet.parameters()).device
+        self.scaler = grad_scaler(amp, self.device)
         if supernet_steps is not None:  # phase 1's length, spread over the run's epochs
             if supernet_steps < 1:
                 raise UserError(f"strategy.supernet_steps must be >= 1, got {supernet_steps}")
@@ -97,13 +105,19 @@ class Evolution:
         total = 0.0
         for path in paths:
             self.supernet.set_path(path)
-            out = self.supernet(train_batch["image"])
-            loss = self.criterion(out, train_batch["target"], train_batch["target_weight"])
+            with autocast(self.amp, self.device):
+                out = self.supernet(train_batch["image"])
+            loss = self.criterion(out.float() if self.amp else out, train_batch["target"], train_batch["target_weight"])
             total += check_finite(loss, "training loss", self.steps)
-            loss.backward()
-        check_finite_grads(self.supernet.parameters(), "supernet weights", self.steps)
+            self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.supernet.parameters())  # the same paths on every rank
+        total = distributed.mean_scalar(total)
+        self.scaler.unscale_(self.opt)
+        if not self.scaler.is_enabled():  # fp16: the GradScaler skips an overflowed step instead
+            check_finite_grads(self.supernet.parameters(), "supernet weights", self.steps)
         nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip)
-        self.opt.step()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self.supernet.set_path(None)
         self.steps += 1
         return {"loss": total / len(paths)}
@@ -116,19 +130,29 @@ class Evolution:
         key = json.dumps(genotype.genotype, sort_keys=True)
         if key not in self.cache:
             genotype = self._genotype(genotype.genotype)  # costed in the envelope result() emits
-            costs = self.cost.costs(genotype)
+            # rank 0's costs for every rank: a measured latency differs between processes
+            costs = distributed.broadcast_object(self.cost.costs(genotype) if distributed.is_main() else None)
             entry = {"genotype": genotype.genotype, **costs, "violations": self.cost.violations(costs)}
-            if not entry["violations"]:
-                self.supernet.set_path(genotype)
-                scores = self.accuracy(self.supernet, calibrate=True)
-                if self.metric not in scores:
-                    raise UserError(f"strategy.metric={self.metric} is not a score of the accuracy estimator; "
-                                    f"use one of {', '.join(sorted(scores))}")
-                # every score is kept (pareto.json), so a study can compare proxies on the same candidates
-                entry.update({k: float(v) for k, v in scores.items() if isinstance(v, (int, float))})
-                self.supernet.set_path(None)
-            self.cache[key] = entry
+            self.cache[key] = entry  # scored by _score_pending, all pending candidates at once
         return self.cache[key]
+
+    def _score_pending(self) -> None:
+        """Score every feasible candidate not scored yet (its path in the shared weights, BatchNorm
+        recalibrated): each rank scores its share of them, and all ranks gather every score."""
+        pending = [k for k, e in self.cache.items() if not e["violations"] and self.metric not in e]
+        mine = {}
+        for key in distributed.shard(pending):
+            self.supernet.set_path(self._genotype(self.cache[key]["genotype"]))
+            scores = self.accuracy(self.supernet, calibrate=True)
+            if self.metric not in scores:
+                raise UserError(f"strategy.metric={self.metric} is not a score of the accuracy estimator; "
+                                f"use one of {', '.join(sorted(scores))}")
+            # every score is kept (pareto.json), so a study can compare proxies on the same candidates
+            mine[key] = {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
+        self.supernet.set_path(None)
+        for part in distributed.all_gather_objects(mine):
+            for key, scores in part.items():
+                self.cache[key].update(scores)
 
     def _feasible(self, keys: list[str]) -> list[str]:
         return [k for k in keys if not self.cache[k]["violations"]]
@@ -144,6 +168,7 @@ class Evolution:
             key = json.dumps(entry["genotype"], sort_keys=True)
             if not entry["violations"] and key not in self.population:
                 self.population.append(key)
+        self._score_pending()
         if not self.population:
             seen = {c: min(e[c] for e in self.cache.values()) for c in ("params_M", "GFLOPs", "latency_ms")
                     if all(c in e for e in self.cache.values())}
@@ -168,6 +193,7 @@ class Evolution:
                                   lambda: mutate(self.space, pick(), self.rng, self.mutation_prob))
         children += self._children(parents + children, self.sizes["crossovers"],
                                    lambda: crossover(self.space, pick(), pick(), self.rng))
+        self._score_pending()
         self.population = self._ranked(self.population + children)[: self.sizes["population"]]
 
     def end_epoch(self) -> dict[str, Any]:
@@ -194,7 +220,8 @@ class Evolution:
             return
         for key in self._ranked(self.population):
             entry = self.cache[key]
-            entry["measured_latency_ms"] = self.cost.measured_latency(self._genotype(entry["genotype"]))
+            entry["measured_latency_ms"] = distributed.broadcast_object(
+                self.cost.measured_latency(self._genotype(entry["genotype"])) if distributed.is_main() else None)
             if entry["measured_latency_ms"] <= self.cost.limits["latency_ms"]:
                 return
             entry["violations"] = ["latency_ms (measured)"]
@@ -204,7 +231,7 @@ class Evolution:
                         "rebuild the latency table (python -m nas.tools.latency_table) or loosen the limit")
 
     def _write_front(self) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not distributed.is_main():
             return
         points = [e for e in self.cache.values() if not e["violations"]]
         front = pareto_front(points, self.metric, self.cost.cost_axis)

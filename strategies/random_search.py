@@ -8,7 +8,9 @@ Two variants, one class:
   every step (single-path one-shot), then rank `num_samples` sampled genotypes by the accuracy of
   their path in the shared weights (BatchNorm recalibrated per path), and keep the best.
 
-Both fit the search loop's step/epoch contract, so they checkpoint and resume like DARTS: the
+Under torch.distributed every rank samples the same paths and candidates (the same seeded generators),
+trains on its share of each batch with gradients averaged over ranks, and the shared-weight ranking
+splits the candidates between the ranks. Both fit the search loop's step/epoch contract, so they checkpoint and resume like DARTS: the
 candidate list, the scores so far, the network in training and its optimizer are in `state_dict`.
 """
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nas.engine import distributed
 from nas.engine.checkpoint import generator_state, set_generator_state
+from nas.engine.precision import autocast, grad_scaler
 from nas.engine.guards import check_finite, check_finite_grads
 from nas.engine.runtime import log, to_memory_format
 from nas.errors import UserError
@@ -34,7 +38,7 @@ class RandomSearch:
                  epochs: int, steps_per_epoch: int, accuracy: Callable[..., dict[str, float]],
                  num_samples: int = 6, weight_sharing: bool = False, steps_per_candidate: int = 200,
                  supernet_steps: int | None = None, grad_clip: float = 5.0, seed: int = 0,
-                 metric: str = "AP"):
+                 metric: str = "AP", amp: str | None = None):
         """Plain: one epoch per candidate, `steps_per_candidate` steps each (the run's `epochs` does
         not apply). Weight sharing: `supernet_steps` path steps spread over the run's epochs (None:
         epochs x steps_per_epoch), then the ranking."""
@@ -45,6 +49,8 @@ class RandomSearch:
             raise UserError("strategy.num_samples, steps_per_candidate and supernet_steps must be >= 1")
         self.space, self.supernet, self.criterion, self.accuracy = space, supernet, criterion, accuracy
         self.make_optimizer, self.grad_clip, self.metric = optimizer, grad_clip, metric
+        self.amp, self.device = amp, next(supernet.parameters()).device
+        self.scaler = grad_scaler(amp, self.device)
         if weight_sharing:
             steps_per_epoch = -(-supernet_steps // epochs) if supernet_steps else steps_per_epoch
             self.epochs, self.steps_per_epoch, self.budget = epochs, steps_per_epoch, 0
@@ -87,13 +93,20 @@ class RandomSearch:
     def _train_step(self, net: nn.Module, batch: Batch) -> float:
         net.train()
         self.opt.zero_grad(set_to_none=True)
-        loss = self.criterion(net(batch["image"]), batch["target"], batch["target_weight"])
+        with autocast(self.amp, self.device):
+            heatmaps = net(batch["image"])
+        loss = self.criterion(heatmaps.float() if self.amp else heatmaps, batch["target"], batch["target_weight"])
         value = check_finite(loss, "training loss", self.steps)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         stepped = [p for group in self.opt.param_groups for p in group["params"]]
-        check_finite_grads(stepped, "network weights", self.steps)  # before clipping spreads a NaN
+        distributed.average_gradients(stepped)  # every rank samples the same path (path_rng)
+        value = distributed.mean_scalar(value, loss.device)
+        self.scaler.unscale_(self.opt)
+        if not self.scaler.is_enabled():  # fp16: the GradScaler skips an overflowed step instead
+            check_finite_grads(stepped, "network weights", self.steps)  # before clipping spreads a NaN
         nn.utils.clip_grad_norm_(stepped, self.grad_clip)
-        self.opt.step()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         return value
 
     def _start_candidate(self) -> None:
@@ -104,19 +117,27 @@ class RandomSearch:
         self.done_steps = 0
 
     def _score_current(self) -> None:
-        score = self.accuracy(self.net)
+        # one score for all ranks: rank 0's BatchNorm statistics, scored once, sent to all
+        distributed.broadcast_module(self.net)
+        score = distributed.broadcast_object(self.accuracy(self.net) if distributed.is_main() else None)
         self.scores.append(score)
         log.info("candidate %d/%d: %s %.4f after %d steps", len(self.scores), len(self.candidates),
                  self.metric, score[self.metric], self.budget)
         self.net, self.opt = None, None
 
     def _rank_in_shared_weights(self) -> None:
-        for n, candidate in enumerate(self.candidates[len(self.scores):], start=len(self.scores) + 1):
-            self.supernet.set_path(Genotype.from_dict(candidate))
-            self.scores.append(self.accuracy(self.supernet, calibrate=True))
-            log.info("candidate %d/%d in the shared weights: %s %.4f", n, len(self.candidates),
-                     self.metric, self.scores[-1][self.metric])
+        """Score the remaining candidates (BatchNorm recalibrated per path): each rank scores its share
+        of them, and the scores are gathered in candidate order."""
+        todo = list(range(len(self.scores), len(self.candidates)))
+        mine = {}
+        for i in distributed.shard(todo):
+            self.supernet.set_path(Genotype.from_dict(self.candidates[i]))
+            mine[i] = self.accuracy(self.supernet, calibrate=True)
+            log.info("candidate %d/%d in the shared weights: %s %.4f", i + 1, len(self.candidates),
+                     self.metric, mine[i][self.metric])
         self.supernet.set_path(None)
+        scored = {i: score for part in distributed.all_gather_objects(mine) for i, score in part.items()}
+        self.scores += [scored[i] for i in todo]
 
     # ---- results and state ------------------------------------------------------------------
     def end_epoch(self) -> dict[str, Any]:

@@ -84,3 +84,18 @@ class NaNGradAfter(nn.Module):
         if self.calls > self.after:
             pred = _NaNGradient.apply(pred)
         return self.loss(pred, target, weight)
+
+
+class TermAtFirstLoss(nn.Module):
+    """The usual loss, but the process sends itself SIGTERM at the first call: a scheduler's stop request at
+    an exact point of a run (it checkpoints at the step's end and exits with 128 + SIGTERM)."""
+
+    def __init__(self, use_target_weight: bool = True):
+        super().__init__()
+        self.calls, self.loss = 0, KeypointMSELoss(use_target_weight=use_target_weight)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.loss(pred, target, weight)

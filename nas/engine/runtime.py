@@ -63,6 +63,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, checkpoint: str = "last.pt",
     """Return the checkpoint to resume from (or None); refuse to start over a finished run, and
     (given the new `config`) to resume with a config that differs from the run's (`check_resume`)."""
     ckpt = run_dir / checkpoint
+    if not resume and ckpt.is_file() and _continues_itself(run_dir):
+        resume = True
     if resume:
         if not ckpt.is_file():
             raise UserError(f"resume=true but {ckpt} does not exist; point run_dir= at the run "
@@ -76,9 +78,26 @@ def prepare_run_dir(run_dir: Path, resume: bool, checkpoint: str = "last.pt",
     return None
 
 
+def _continues_itself(run_dir: Path) -> bool:
+    """A run stopped on a signal after its checkpoint (interrupted.json), or a requeued SLURM job,
+    continues in its own run directory without resume=true."""
+    from nas.engine.preemption import interrupted
+    marker = interrupted(run_dir)
+    if marker is not None:
+        log.info("%s stopped on %s at epoch %s: continuing it from its checkpoint", run_dir,
+                 marker.get("signal"), marker.get("epoch", "?"))
+        return True
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        log.info("requeued SLURM job (restart %s): continuing %s from its checkpoint",
+                 os.environ["SLURM_RESTART_COUNT"], run_dir)
+        return True
+    return False
+
+
 # Keys that may differ on resume without mixing two runs: where and how fast it runs, not what it computes
 # (channels_last changes only the floating-point summation order).
-RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "run_dir", "device", "threads", "num_workers", "channels_last")
+RESUME_FREE_KEYS = ("resume", "resume_allow_changes", "run_dir", "device", "threads", "num_workers", "channels_last",
+                    "pin_memory", "persistent_workers", "checkpoint_every_min", "logger", "compile")
 
 
 def check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -100,7 +119,8 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
         raise UserError(f"resume=true but the config differs from {saved_path}: {_describe_changes(changes, refused)}"
                         f"; resume with the run's values, or pass resume_allow_changes=[{_allow_hint(refused)}] "
                         "to continue with the new ones (recorded in resume_changes.jsonl)")
-    if changes:
+    from nas.engine.distributed import is_main
+    if changes and is_main():  # every rank checks; rank 0 writes
         record = {"time": round(time.time(), 3), "changes": changes}
         with (run_dir / "resume_changes.jsonl").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -146,6 +166,35 @@ def _allow_hint(keys: list[str], most: int = 6) -> str:
     return ",".join(sorted({k.split(".")[0] for k in keys}))
 
 
+def shared_run_dir(run_dir: Path) -> Path:
+    """The run directory, checked to be the same on every rank (a `${now:...}` in run_dir resolves
+    on each process's own clock; `${run_stamp:...}` is rank 0's time on every rank)."""
+    from nas.engine.distributed import all_gather_objects
+    seen = all_gather_objects(str(run_dir))
+    if len(set(seen)) > 1:
+        raise UserError(f"the ranks resolved different run directories ({seen[0]} on rank 0, {seen[1]} on rank 1): "
+                        "give run_dir= a fixed path, or use ${run_stamp:...} instead of ${now:...} in it")
+    return run_dir
+
+
+def record_batch(run_dir: Path, per_process: int, device: torch.device, lr: float | None = None,
+                 base_lr: float | None = None, scaling: str | None = None) -> dict[str, Any]:
+    """The batch and learning-rate convention of this run, logged and written to <run_dir>/batch.json:
+    the configured batch_size is per process, the global batch is batch_size x processes, and the
+    learning rate is the configured one or (lr_scaling=linear) scaled by global batch / lr_base_batch."""
+    from nas.engine.distributed import is_main, world
+    size = world().size
+    info: dict[str, Any] = {"processes": size, "per_process_batch": per_process, "global_batch": per_process * size,
+                            "device": str(device), "lr_scaling": scaling}
+    if lr is not None:
+        info.update({"lr": lr, "configured_lr": base_lr if base_lr is not None else lr})
+    info["text"] = f"{per_process} x {size} process(es) = {per_process * size}" if size > 1 else str(per_process)
+    if is_main():
+        atomic_write_text(run_dir / "batch.json", json.dumps({k: v for k, v in info.items() if k != "text"},
+                                                               indent=1) + "\n")
+    return info
+
+
 def save_config(cfg: DictConfig, run_dir: Path) -> None:
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -165,17 +214,46 @@ class MetricsLog:
             handle.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int,
-                drop_last: bool = False) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int | None,
+                drop_last: bool = False, seed: int = 0, device: torch.device | None = None,
+                shard: bool | None = None, pin_memory: bool | None = None,
+                persistent_workers: bool | None = None) -> DataLoader:
+    """A loader whose order comes from `nas.engine.sampling.EpochSampler` (seeded by `seed` and the
+    pass, not by the process's RNG) and whose training items are augmented from (seed, pass, index).
+
+    Under torch.distributed each rank gets its share when `shard` (default: when shuffling) is on: of a
+    training set, padded so every rank runs as many steps; of an evaluation set, each sample once over
+    all ranks (gather the results). `batch_size` is per process. `workers=None`: 1 on the CPU, up to 8 per process on CUDA;
+    pinned memory on CUDA; persistent workers when there are workers (no restart cost per pass)."""
+    from nas.engine.distributed import world
+    from nas.engine.sampling import EpochSampler, SeededItems
     if len(dataset) == 0:
         source = getattr(dataset, "ann_file", None) \
             or getattr(getattr(dataset, "dataset", None), "ann_file", None)  # a Subset's dataset
         where = f" ({source})" if source else ""
         raise UserError(f"a dataset split is empty after filtering{where}: expected at least one usable "
                         "person annotation; check data.root, the split names and data.max_train/max_val")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      drop_last=drop_last and len(dataset) >= batch_size,
-                      persistent_workers=False, pin_memory=False)
+    cuda = device is not None and device.type == "cuda"
+    w = world() if (shuffle if shard is None else shard) else None
+    rank, size = (w.rank, w.size) if w is not None else (0, 1)
+    sampler = EpochSampler(len(dataset), shuffle, seed, rank, size, pad=shuffle)
+    if workers is None:
+        workers = default_workers(cuda, size)
+    return DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=sampler,
+                      num_workers=workers, drop_last=drop_last and sampler.per_rank() >= batch_size,
+                      persistent_workers=workers > 0 if persistent_workers is None else persistent_workers and workers > 0,
+                      pin_memory=cuda if pin_memory is None else pin_memory,
+                      generator=torch.Generator().manual_seed(seed))  # the process's RNG is not drawn
+
+
+def default_workers(cuda: bool, processes: int = 1) -> int:
+    """Loader processes per training process: 1 on the CPU (the cores compute), else up to 8 per GPU
+    from the cores this process may use."""
+    if not cuda:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", processes))  # processes sharing this node's cores
+    return max(1, min(8, cores // max(local, 1) - 1))
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -184,9 +262,14 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def forever(loader: DataLoader) -> Iterator[Any]:
-    """Cycle a loader (the held-out split may be shorter than the training split)."""
+    """Cycle a loader (the held-out split may be shorter than the training split), each pass in a new
+    order when the loader shuffles."""
+    passes = 0
     while True:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(passes)
         yield from loader
+        passes += 1
 
 
 def format_eta(elapsed_s: float, done: int, total: int) -> str:

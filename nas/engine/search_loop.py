@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
 
 from nas.data.bad_images import BadImageMonitor
 from nas.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nas.engine.runtime import MetricsLog, format_eta, forever, log, to_device
+from nas.engine import distributed
+from nas.engine.preemption import StopRequests
+from nas.engine.runtime import MetricsLog, format_eta, log, to_device
+from nas.engine.sampling import epoch_batches
 from nas.errors import UserError
 from nas.genotype import Genotype
 
@@ -23,11 +26,15 @@ from nas.genotype import Genotype
 def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_loader, epochs: int,
                device: torch.device, run_dir: Path, resume_from: Path | None,
                steps_per_epoch: int | None = None,
-               bad_images: BadImageMonitor | None = None, early_stop: str | None = None) -> Genotype:
+               bad_images: BadImageMonitor | None = None, early_stop: str | None = None,
+               stops: StopRequests | None = None, tracker: Any = None) -> Genotype:
     """Run the remaining epochs and return the genotype. `early_stop` names a rule of `EarlyStop`
     (None: every epoch runs). `steps_per_epoch` (None: one pass over `train_loader`) may exceed the
-    loader: it is cycled."""
-    start, stopper = 0, EarlyStop(early_stop)
+    loader: it is cycled. `stops` (signals, periodic checkpoints) is polled after every step: a
+    checkpoint inside an epoch resumes at the next step with the same batches. Under torch.distributed
+    every rank runs this loop on its share of each batch; rank 0 alone writes. `tracker` (a
+    `nas.tracking.ExperimentLogger`) gets each epoch's metrics and architecture weights."""
+    start, stopper, partial = 0, EarlyStop(early_stop), None
     if resume_from is not None:
         state = load_checkpoint(resume_from)
         supernet.load_state_dict(state["model"])
@@ -35,22 +42,46 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
         set_rng_state(state["rng"])
         start = state["epoch"] + 1
         stopper.load_state_dict(state)
-        log.info("resumed from %s at epoch %d/%d", resume_from, start, epochs)
+        partial = state.get("partial")
+        _check_world(state)
+        log.info("resumed from %s at epoch %d/%d%s", resume_from, start + 1, epochs,
+                 f", step {partial['step']}" if partial else "")
     if stopper.stopped:
         return Genotype.from_dict(stopper.kept)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", keep_before_epoch=start)
+    main = distributed.is_main()
+    metrics = MetricsLog(run_dir / "metrics.jsonl", keep_before_epoch=start) if main else None
     arch_log = MetricsLog(run_dir / "arch_weights.jsonl", keep_before_epoch=start) \
-        if hasattr(supernet, "arch_weights") else None  # softmaxed weights per epoch, for plots
+        if main and hasattr(supernet, "arch_weights") else None  # softmaxed weights per epoch, for plots
     steps = len(train_loader) if steps_per_epoch is None else steps_per_epoch
     started = time.time()
+    if tracker is not None and main and resume_from is not None:
+        from nas.tracking import backfill
+        backfill(tracker, run_dir, start)  # a tracker new to this run gets the epochs before
+
+    def checkpoint(epoch: int, part: dict | None = None) -> None:
+        if main:
+            save_checkpoint(run_dir / "last.pt", {
+                "model": supernet.state_dict(), "strategy": strategy.state_dict(), "rng": rng_state(),
+                "epoch": epoch if part is None else epoch - 1, **stopper.state_dict(),
+                "world_size": distributed.world().size, **({"partial": part} if part else {})})
+        if stops is not None:
+            stops.saved()
+
     for epoch in range(start, epochs):
         t0 = time.time()
         n_steps = strategy.epoch_steps(epoch) if hasattr(strategy, "epoch_steps") else steps
-        summary = _epoch(strategy, train_loader, arch_loader, n_steps, device, epoch, epochs, bad_images)
+        resume_part = partial if partial is not None and partial["epoch"] == epoch else None
+        summary = _epoch(strategy, train_loader, arch_loader, n_steps, device, epoch, epochs, bad_images,
+                         resume_part, stops, checkpoint, run_dir)
+        partial = None
         summary.update(strategy.end_epoch())  # before result(): a strategy may rank candidates here
         genotype = strategy.result()
+        _check_same_genotype(genotype)
         if arch_log is not None:
-            arch_log.write(arch_weights_record(supernet, epoch))
+            arch_record = arch_weights_record(supernet, epoch)
+            arch_log.write(arch_record)
+            if tracker is not None:
+                tracker.log_arch_weights(arch_record)
         reason = stopper.judge(genotype, epoch, arch_moving(strategy))
         record = {"epoch": epoch, **summary, "epoch_s": round(time.time() - t0, 2),
                   "skip_connects": count_op(genotype.genotype, "skip_connect"), "genotype": genotype.genotype}
@@ -58,18 +89,41 @@ def run_search(strategy: Any, supernet: torch.nn.Module, train_loader, arch_load
             record["early_stop"] = reason
         if bad_images is not None and bad_images.report():
             record["skipped_images"] = dict(bad_images.paths)
-        metrics.write(record)
+        if metrics is not None:
+            metrics.write(record)
+        if tracker is not None and main:
+            tracker.log_metrics(record, step=epoch)
         latency = f"  expected latency {summary['expected_latency_ms']:.2f} ms" \
             if "expected_latency_ms" in summary else ""
         log.info("epoch %d/%d  loss %s  arch_loss %s%s  (%.0fs, ETA %s)", epoch + 1, epochs,
                  _fmt(summary.get("loss")), _fmt(summary.get("arch_loss")), latency, record["epoch_s"],
                  format_eta(time.time() - started, epoch + 1 - start, epochs - start))
-        save_checkpoint(run_dir / "last.pt", {"model": supernet.state_dict(), "strategy": strategy.state_dict(),
-                                              "rng": rng_state(), "epoch": epoch, **stopper.state_dict()})
+        checkpoint(epoch)
+        if stops is not None and epoch + 1 < epochs and not stopper.stopped and stops.poll() == "signal":
+            stops.stop(run_dir, epoch + 1, 0)  # the epoch's checkpoint is the one to continue from
         if stopper.stopped:
             log.info("early stop (%s): %s; returning the epoch-%d genotype", early_stop, reason, stopper.kept_epoch)
             return Genotype.from_dict(stopper.kept)
     return strategy.result()
+
+
+def _check_same_genotype(genotype: Genotype) -> None:
+    """Every rank must decode the same genotype (NNI's DARTS under DDP did not, nni#5013): checked at
+    every epoch end, so a divergence stops the run at once instead of emitting one rank's choice."""
+    if not distributed.world().enabled:
+        return
+    seen = distributed.all_gather_objects(genotype.genotype)
+    if any(g != seen[0] for g in seen[1:]):
+        raise RuntimeError("the ranks decoded different genotypes (their architecture parameters diverged); "
+                           f"rank 0: {seen[0]}, rank 1: {seen[1]}. This is a bug: please report it")
+
+
+def _check_world(state: dict) -> None:
+    """A checkpoint resumed by another number of processes changes the global batch: say so."""
+    saved, now = int(state.get("world_size", 1)), distributed.world().size
+    if saved != now:
+        log.warning("the checkpoint was written by %d process(es), this run has %d: the global batch "
+                    "changes from here on (per-process batch x processes)", saved, now)
 
 
 EARLY_STOP_RULES = ("darts_plus", "skip_rise")
@@ -166,16 +220,22 @@ def count_op(tree: Any, name: str) -> int:
 
 
 def _epoch(strategy: Any, train_loader, arch_loader, steps: int, device: torch.device,
-           epoch: int, epochs: int, bad_images: BadImageMonitor | None = None) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    arch_iter = forever(arch_loader)
+           epoch: int, epochs: int, bad_images: BadImageMonitor | None = None, partial: dict | None = None,
+           stops: StopRequests | None = None, checkpoint: Callable[..., None] | None = None,
+           run_dir: Path | None = None) -> dict[str, float]:
+    """One epoch's steps from `partial["step"]` (a checkpoint inside the epoch) or 0; the metrics'
+    means. Each step's batch and held-out batch are the step's own (`epoch_batches`), so a resumed
+    epoch sees the batches the interrupted one would have."""
+    first = int(partial["step"]) if partial else 0
+    totals: dict[str, float] = dict(partial["totals"]) if partial else {}
+    counts: dict[str, int] = {k: int(v) for k, v in partial["counts"].items()} if partial else {}
     if bad_images is not None:
         bad_images.start_epoch()
-    bar = tqdm(zip(range(steps), forever(train_loader)), total=steps, desc=f"search {epoch + 1}/{epochs}",
-               disable=None, leave=False, dynamic_ncols=True)
-    for _, batch in bar:
-        arch_batch = next(arch_iter)
+    batches = zip(range(first, steps), epoch_batches(train_loader, epoch, steps, first),
+                  epoch_batches(arch_loader, epoch, steps, first))
+    bar = tqdm(batches, total=steps, initial=first, desc=f"search {epoch + 1}/{epochs}",
+               disable=None if distributed.is_main() else True, leave=False, dynamic_ncols=True)
+    for step, batch, arch_batch in bar:
         if bad_images is not None:  # skipped unreadable images; UserError past data.max_bad_fraction
             bad_images.update(batch.get("meta", {}))
             bad_images.update(arch_batch.get("meta", {}))
@@ -185,4 +245,10 @@ def _epoch(strategy: Any, train_loader, arch_loader, steps: int, device: torch.d
             counts[key] = counts.get(key, 0) + 1
         if "loss" in out:
             bar.set_postfix(loss=f"{out['loss']:.5f}")
+        request = stops.poll() if stops is not None and step + 1 < steps else None
+        if request is not None and checkpoint is not None:
+            checkpoint(epoch, {"epoch": epoch, "step": step + 1, "totals": totals, "counts": counts})
+            log.info("checkpoint at epoch %d, step %d/%d (%s)", epoch + 1, step + 1, steps, request)
+            if request == "signal":
+                stops.stop(run_dir, epoch, step + 1)
     return {key: value / counts[key] for key, value in totals.items()}

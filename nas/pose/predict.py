@@ -77,8 +77,12 @@ def results_from_heatmaps(heatmaps: np.ndarray | torch.Tensor, meta: Mapping[str
 def predict_coco(model: nn.Module, loader: Iterable[dict], device: torch.device | str,
                  flip_pairs: Sequence[tuple[int, int]], flip: bool = True, nms: str | None = None,
                  nms_threshold: float = 0.9, sigmas: Sequence[float] | None = None,
-                 decode: str = "quarter", sigma: float = 2.0) -> list[dict]:
+                 decode: str = "quarter", sigma: float = 2.0, gather_total: int | None = None) -> list[dict]:
     """COCO keypoint results of `model` on every batch of `loader` (eval mode, no gradients).
+
+    `gather_total`: the loader is this rank's share of a dataset of that many samples
+    (`make_loader(..., shard=True)`); every rank's results are gathered, in dataset order, before the NMS,
+    so every rank returns what one process would.
 
     `nms` ("oks", "soft_oks" or None) applies OKS-NMS within each image, comparing only joints above
     KEYPOINT_SCORE_THRESHOLD as HRNet does; `sigmas` are its per-joint OKS constants (default COCO's).
@@ -94,6 +98,10 @@ def predict_coco(model: nn.Module, loader: Iterable[dict], device: torch.device 
             heatmaps = flip_test(model, images, flip_pairs) if flip else model(images)
             results += results_from_heatmaps(heatmaps.float(), batch["meta"], decode, sigma)
     model.train(was_training)
+    if gather_total is not None:
+        from nas.engine.distributed import gather_sharded, world
+        if world().enabled:
+            results = gather_sharded(results, gather_total)
     if nms is None:
         return results
     return nms_per_image(results, nms, nms_threshold, COCO_SIGMAS if sigmas is None else sigmas,
