@@ -131,18 +131,13 @@ class StudyConfig:
     bootstrap: dict = field(default_factory=lambda: {"level": 0.95, "resamples": 10000, "seed": 0})
 
 
-_RUN_STAMP: list[float] = []
-
-
 def run_stamp(pattern: str) -> str:
     """`${run_stamp:%Y%m%d-%H%M%S}`: like Hydra's `${now:...}`, but under torchrun (or a multi-task SLURM
-    job) every rank gets rank 0's time, so a run directory named after it is the same on all ranks.
-    The first call joins the process group and fixes the time for the life of the process."""
-    if not _RUN_STAMP:
-        from nas.engine import distributed
-        distributed.init_process_group()
-        _RUN_STAMP.append(distributed.broadcast_object(datetime.now().timestamp()))
-    return datetime.fromtimestamp(_RUN_STAMP[0]).strftime(pattern)
+    job) every rank gets rank 0's time, so a run directory named after it is the same on all ranks: the
+    time is sent once, when the process group is joined (the first call joins it if need be), never from
+    here, since the ranks may resolve the config at different points."""
+    from nas.engine.distributed import start_time
+    return datetime.fromtimestamp(start_time()).strftime(pattern)
 
 
 def register() -> None:

@@ -309,3 +309,23 @@ def test_torchrun_search_and_retrain_write_one_run_directory_and_evaluate_like_o
     for a, b in zip(split, whole):
         assert a["image_id"] == b["image_id"] and a["score"] == pytest.approx(b["score"], abs=1e-6)
         assert a["keypoints"] == pytest.approx(b["keypoints"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_two_task_submitit_job_is_one_data_parallel_run(tmp_path):
+    """hydra/launcher=submitit_local with tasks_per_node=2: the two tasks join one process group from
+    submitit's environment (as on SLURM), rank 0 alone writes the job's run directory."""
+    import json
+    import subprocess
+    from tests.helpers import TINY_DATA, TINY_SPACE, module_cmd, run_env
+    env = {k: v for k, v in run_env(tmp_path / "cache").items() if not k.startswith(("SLURM_", "RANK", "WORLD"))}
+    sweep = subprocess.run(module_cmd("nas.search", "-m", *TINY_DATA, *TINY_SPACE, "batch_size=2", "epochs=2",
+                                      "max_steps_per_epoch=3", "strategy=darts", "strategy.warmup_epochs=0",
+                                      "device=cpu", "hydra/launcher=submitit_local",
+                                      "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path / 'sw'}"),
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0, (sweep.stdout + sweep.stderr)[-3000:]
+    run = tmp_path / "sw" / "0"
+    assert json.loads((run / "batch.json").read_text())["processes"] == 2
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert (run / "genotype.json").is_file()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence, TypeVar
 
@@ -46,6 +47,7 @@ class World:
 
 
 _world = World()
+_start: list[float] = []  # the run's start time, rank 0's on every rank (set once per process)
 
 
 def world() -> World:
@@ -89,7 +91,19 @@ def init_process_group() -> World:
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(
         minutes=float(os.environ.get("POSENAS_DIST_TIMEOUT_MIN", 30))))
     _world = World(dist.get_rank(), found.local_rank, dist.get_world_size())
+    # a collective every rank makes at the same point (here, and nowhere lazily): rank 0's clock for all
+    _start[:] = [broadcast_object(time.time())]
     return _world
+
+
+def start_time() -> float:
+    """The run's start time, the same on every rank: rank 0's clock, fixed when the process group is joined
+    (or, in one process, at the first call). `${run_stamp:...}` names run directories with it."""
+    if not _start:
+        init_process_group()
+    if not _start:
+        _start.append(time.time())
+    return _start[0]
 
 
 def setup(device_name: str) -> tuple[World, torch.device]:

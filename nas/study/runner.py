@@ -3,7 +3,7 @@
 A study never trains anything itself: it starts `python -m nas.search -m ...` and
 `python -m nas.retrain -m ...` with every run's output directory inside the study's run directory, so
 each run is an ordinary run directory (config.yaml, metrics.jsonl, checkpoints) that can be inspected,
-resumed or retrained on its own, and `launcher` overrides (e.g. `hydra/launcher=submitit_slurm`) send
+resumed or retrained on its own, and `launcher` overrides (e.g. `hydra/launcher=slurm`) send
 the same multiruns to a cluster unchanged.
 
 Resuming a study is the same as resuming its runs: a finished run (genotype.json / results.json) is
