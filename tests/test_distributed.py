@@ -329,3 +329,24 @@ def test_a_two_task_submitit_job_is_one_data_parallel_run(tmp_path):
     assert json.loads((run / "batch.json").read_text())["processes"] == 2
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert (run / "genotype.json").is_file()
+
+
+def _nan_worker(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    from nas.engine import distributed
+    from nas.engine.guards import NonFiniteLossError, check_finite
+    try:
+        check_finite(torch.tensor(float("nan") if rank == 1 else 0.5), "training loss", 7)
+        result = "went on"
+    except NonFiniteLossError as err:
+        result = str(err)
+    torch.save({"result": result}, Path(out) / f"rank{rank}.pt")
+    distributed.shutdown()
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path):
+    """Rank 1's loss is NaN, rank 0's is finite: both stop (a rank going on would wait in its next
+    all-reduce for a partner that is gone), each saying why."""
+    ranks = _spawn(_nan_worker, tmp_path)
+    assert ranks[0]["result"].startswith("training loss (on another rank) is nan at step 7")
+    assert ranks[1]["result"].startswith("training loss is nan at step 7")

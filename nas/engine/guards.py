@@ -25,8 +25,18 @@ def _stop(what: str, value: float, step: int) -> NonFiniteLossError:
 
 
 def check_finite(loss: torch.Tensor, what: str, step: int) -> float:
+    """This process's loss value; raises if it, or (under torch.distributed) any rank's, is not finite.
+
+    Every rank stops at the same step: a rank that raised alone would leave the others waiting in their
+    next gradient all-reduce until the process group's timeout. Call it where all ranks pass together."""
     value = float(loss.detach())
-    if not math.isfinite(value):
+    finite = math.isfinite(value)
+    from nas.engine import distributed
+    if distributed.world().enabled:
+        elsewhere = distributed.any_rank(not finite, loss.device)
+        if elsewhere and finite:
+            raise _stop(f"{what} (on another rank)", float("nan"), step)
+    if not finite:
         raise _stop(what, value, step)
     return value
 
