@@ -103,27 +103,3 @@ def test_a_periodic_checkpoint_is_written_inside_the_epoch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpoint at epoch 1, step 1/" in proc.stdout and "(periodic)" in proc.stdout
 
-
-def test_a_time_limit_under_submitit_local_requeues_and_continues_to_the_uninterrupted_genotype(tmp_path):
-    """hydra/launcher=submitit_local with a 1-minute limit and USR2 40 s before it: the job is signalled 20 s
-    after each start, checkpoints, submitit requeues it (its local executor restarts the task, at most 6
-    starts), and the restarted job continues from its checkpoint, as many times as it takes; the sweep ends
-    ok with the genotype of the same search run without a limit. The search (5 epochs of about 40 steps,
-    20 s of training on the 2-core machine, after about 4 s of start-up) needs 2 starts, 3-4 on a loaded
-    machine."""
-    env = {k: v for k, v in run_env(tmp_path / "cache").items() if not k.startswith("SLURM_")}
-    long = [*SEARCH[:-4], "epochs=5", *SEARCH[-3:]]
-    whole = subprocess.run(module_cmd("nas.search", *long, f"run_dir={tmp_path / 'whole'}"), env=env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    sweep = subprocess.run(module_cmd("nas.search", "-m", *long, "hydra/launcher=submitit_local",
-                                      "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40",
-                                      "hydra.launcher.max_num_timeout=6",
-                                      f"hydra.sweep.dir={tmp_path / 'sweep'}"),
-                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert sweep.returncode == 0, (sweep.stdout + sweep.stderr)[-3000:]
-    logs = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*_log.*"))
-    assert "USR2" in logs and "continuing it from its checkpoint" in logs  # it was stopped, requeued, continued
-    a = json.loads((tmp_path / "whole" / "genotype.json").read_text())["genotype"]
-    b = json.loads((tmp_path / "sweep" / "0" / "genotype.json").read_text())["genotype"]
-    assert a == b
