@@ -74,7 +74,7 @@ def retrain(cfg: DictConfig) -> dict:
     train_net = parallel_net(model, world, device, cfg.sync_bn, cfg.compile)
     lr = _learning_rate(cfg, world.size)
     batch = record_batch(run_dir, cfg.batch_size, device, lr, cfg.optimizer.lr, cfg.lr_scaling)
-    stops = StopRequests(cfg.checkpoint_every_min, requeue=cfg.requeue, device=device)
+    stops = StopRequests(cfg.checkpoint_every_min, requeue=cfg.requeue, device=device, fresh=resume_from is None)
     trainer = Trainer(model, instantiate(cfg.criterion), instantiate(cfg.optimizer, lr=lr)(model.parameters()),
                       cfg.epochs, _steps(full_pass_batches(train_loader), cfg.max_steps_per_epoch), device,
                       cfg.lr_min, cfg.grad_clip,

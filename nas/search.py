@@ -76,7 +76,8 @@ def search(cfg: DictConfig) -> Path:
              "x %d steps, batch %s, device %s, run dir %s", space.name, type(strategy).__name__, data.name,
              len(weight_set), len(arch_set), epochs, steps, batch["text"], device, run_dir)
     bad_images = BadImageMonitor(2 * steps * cfg.batch_size, data.max_bad_fraction)  # both batches
-    with StopRequests(cfg.checkpoint_every_min, requeue=cfg.requeue, device=device) as stops, \
+    with StopRequests(cfg.checkpoint_every_min, requeue=cfg.requeue, device=device,
+                      fresh=resume_from is None) as stops, \
             make_logger(cfg.logger, run_dir, cfg, world.rank) as tracker:
         genotype = run_search(strategy, supernet, train_loader, arch_loader, epochs, device, run_dir,
                               resume_from, steps, bad_images, early_stop.rule, stops, tracker)
@@ -92,7 +93,8 @@ def _finish(genotype, cfg: DictConfig, data, epochs: int, steps: int, world: dis
     """genotype.json (rank 0 writes; every rank gets its path once it exists)."""
     genotype.space = HydraConfig.get().runtime.choices["search_space"]
     genotype.input_size, genotype.heatmap_size = data.input_size, data.heatmap_size
-    genotype.provenance = {**genotype.provenance, "strategy": HydraConfig.get().runtime.choices["strategy"], "seed": cfg.seed,
+    genotype.provenance = {**genotype.provenance, "strategy": HydraConfig.get().runtime.choices["strategy"],
+                           "seed": cfg.seed,
                            "data": data.name, "epochs": epochs, "steps_per_epoch": steps,
                            "processes": world.size, "global_batch": batch["global_batch"],
                            "config": OmegaConf.to_container(cfg, resolve=True),

@@ -10,8 +10,9 @@ Two variants, one class:
 
 Under torch.distributed every rank samples the same paths and candidates (the same seeded generators),
 trains on its share of each batch with gradients averaged over ranks, and the shared-weight ranking
-splits the candidates between the ranks. Both fit the search loop's step/epoch contract, so they checkpoint and resume like DARTS: the
-candidate list, the scores so far, the network in training and its optimizer are in `state_dict`.
+splits the candidates between the ranks. Both fit the search loop's step/epoch contract, so they
+checkpoint and resume like DARTS: the candidate list, the scores so far, the network in training and
+its optimizer are in `state_dict`.
 """
 from __future__ import annotations
 

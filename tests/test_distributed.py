@@ -340,7 +340,14 @@ def _nan_worker(rank: int, port: int, out: str) -> None:
         result = "went on"
     except NonFiniteLossError as err:
         result = str(err)
-    torch.save({"result": result}, Path(out) / f"rank{rank}.pt")
+    # the Trainer's way: the all-reduced mean (NaN when one rank's loss is), checked without a collective
+    mean = distributed.mean_scalar(float("inf") if rank == 1 else 0.5, torch.device("cpu"))
+    try:
+        check_finite(torch.tensor(mean), "training loss (mean over ranks)", 8, agreed=True)
+        trainer = "went on"
+    except NonFiniteLossError as err:
+        trainer = str(err)
+    torch.save({"result": result, "trainer": trainer}, Path(out) / f"rank{rank}.pt")
     distributed.shutdown()
 
 
@@ -350,3 +357,4 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path):
     ranks = _spawn(_nan_worker, tmp_path)
     assert ranks[0]["result"].startswith("training loss (on another rank) is nan at step 7")
     assert ranks[1]["result"].startswith("training loss is nan at step 7")
+    assert all(r["trainer"].startswith("training loss (mean over ranks) is inf at step 8") for r in ranks)

@@ -47,12 +47,19 @@ def _interrupt(cmd: list[str], env: dict, cwd: Path, run_dir: Path, signum: int)
     return state
 
 
+@pytest.fixture(scope="module")
+def whole_search(tmp_path_factory) -> Path:
+    """The uninterrupted search every interrupted one must reproduce (its run dir)."""
+    root = tmp_path_factory.mktemp("whole")
+    proc = subprocess.run(module_cmd("nas.search", *SEARCH, f"run_dir={root / 'run'}"), env=run_env(root / "cache"),
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
-def test_search_stopped_mid_epoch_continues_to_the_uninterrupted_genotype(tmp_path, signum):
+def test_search_stopped_mid_epoch_continues_to_the_uninterrupted_genotype(tmp_path, signum, whole_search):
     env = run_env(tmp_path / "cache")
-    whole = subprocess.run(module_cmd("nas.search", *SEARCH, f"run_dir={tmp_path / 'whole'}"), env=env,
-                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert whole.returncode == 0, whole.stderr[-3000:]
     cmd = module_cmd("nas.search", *SEARCH, f"run_dir={tmp_path / 'cut'}")
     state = _interrupt(cmd, env, tmp_path, tmp_path / "cut", signum)
     assert state["epoch"] == 0 and state["partial"]["epoch"] == 1 and state["partial"]["step"] > 0  # inside epoch 2
@@ -60,10 +67,10 @@ def test_search_stopped_mid_epoch_continues_to_the_uninterrupted_genotype(tmp_pa
     assert again.returncode == 0, again.stderr[-3000:]
     assert "continuing it from its checkpoint" in again.stdout + again.stderr
     assert not (tmp_path / "cut" / "interrupted.json").exists()  # finished: nothing left to continue
-    a = json.loads((tmp_path / "whole" / "genotype.json").read_text())["genotype"]
+    a = json.loads((whole_search / "genotype.json").read_text())["genotype"]
     b = json.loads((tmp_path / "cut" / "genotype.json").read_text())["genotype"]
     assert a == b
-    alphas = [torch.load(tmp_path / d / "last.pt", weights_only=True)["model"] for d in ("whole", "cut")]
+    alphas = [torch.load(d / "last.pt", weights_only=True)["model"] for d in (whole_search, tmp_path / "cut")]
     for key in alphas[0]:
         if key.startswith("alphas"):
             assert torch.equal(alphas[0][key], alphas[1][key]), key  # the same batches, in the same order
@@ -103,3 +110,35 @@ def test_a_periodic_checkpoint_is_written_inside_the_epoch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpoint at epoch 1, step 1/" in proc.stdout and "(periodic)" in proc.stdout
 
+
+
+def test_a_time_limit_under_submitit_local_requeues_and_continues_to_the_uninterrupted_genotype(tmp_path,
+                                                                                                 whole_search):
+    """hydra/launcher=submitit_local with a 1-minute limit and USR2 30 s before it: submitit signals the
+    job 30 s after each start. POSENAS_HOLD_AT_STEP=3 makes the fresh start wait at its third step until
+    that signal (so it lands mid-epoch however fast the machine is); the job checkpoints, submitit requeues
+    it, and the restarted job (not held: it continues from its checkpoint) finishes the search well inside
+    its 30 s. The sweep ends ok with the uninterrupted search's genotype."""
+    env = {k: v for k, v in run_env(tmp_path / "cache").items() if not k.startswith("SLURM_")}
+    env["POSENAS_HOLD_AT_STEP"] = "3"
+    sweep = subprocess.run(module_cmd("nas.search", "-m", *SEARCH, "hydra/launcher=submitit_local",
+                                      "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
+                                      "hydra.launcher.max_num_timeout=4",
+                                      f"hydra.sweep.dir={tmp_path / 'sweep'}"),
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=480)
+    assert sweep.returncode == 0, (sweep.stdout + sweep.stderr)[-3000:]
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*_log.*"))
+    assert "holding at this step" in logs and "USR2 received" in logs  # held, then signalled by the time limit
+    assert "continuing it from its checkpoint" in logs  # requeued and continued
+    a = json.loads((whole_search / "genotype.json").read_text())["genotype"]
+    b = json.loads((tmp_path / "sweep" / "0" / "genotype.json").read_text())["genotype"]
+    assert a == b
+
+
+def test_a_malformed_hold_step_is_refused_in_one_line(tmp_path):
+    env = {**run_env(tmp_path / "cache"), "POSENAS_HOLD_AT_STEP": "three"}
+    proc = subprocess.run(module_cmd("nas.search", *SEARCH, f"run_dir={tmp_path / 'r'}"), env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "POSENAS_HOLD_AT_STEP='three' is not a step number" in proc.stderr
+    assert "Traceback" not in proc.stderr

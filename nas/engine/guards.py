@@ -24,15 +24,17 @@ def _stop(what: str, value: float, step: int) -> NonFiniteLossError:
         "checkpoint is intact; lower the learning rate or check the data, then resume.")
 
 
-def check_finite(loss: torch.Tensor, what: str, step: int) -> float:
+def check_finite(loss: torch.Tensor, what: str, step: int, agreed: bool = False) -> float:
     """This process's loss value; raises if it, or (under torch.distributed) any rank's, is not finite.
 
     Every rank stops at the same step: a rank that raised alone would leave the others waiting in their
-    next gradient all-reduce until the process group's timeout. Call it where all ranks pass together."""
+    next gradient all-reduce until the process group's timeout. Call it where all ranks pass together.
+    `agreed=True`: `loss` is already the same on every rank (e.g. the all-reduced mean, non-finite when
+    any rank's loss is), so no collective is needed."""
     value = float(loss.detach())
     finite = math.isfinite(value)
     from nas.engine import distributed
-    if distributed.world().enabled:
+    if distributed.world().enabled and not agreed:
         elsewhere = distributed.any_rank(not finite, loss.device)
         if elsewhere and finite:
             raise _stop(f"{what} (on another rank)", float("nan"), step)

@@ -12,6 +12,10 @@ kill) or a periodic timer asks for a checkpoint at the next step boundary.
   continues automatically (`nas.engine.runtime.prepare_run_dir`), without resume=true.
 - `every_min`: also a checkpoint every N minutes (rank 0's clock decides), so a hard kill loses at most
   that much.
+- `POSENAS_HOLD_AT_STEP=N` (environment; for testing a scheduler's time limit): a run that starts fresh
+  (not one continuing from its checkpoint) waits at its N-th step boundary until a signal arrives, so the
+  scheduler's warning lands at a known step however fast the machine is. Rank 0 waits; the other ranks
+  wait for it in the next poll's all-reduce.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ from nas.engine.runtime import log
 from nas.utils.io import atomic_write_text
 
 SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")
+HOLD_ENV = "POSENAS_HOLD_AT_STEP"
+HOLD_LIMIT_S = 600.0  # a held run that no signal reaches stops with an error instead of hanging
 MARKER = "interrupted.json"  # in a run directory: the run stopped on a signal after checkpointing
 
 
@@ -45,12 +51,16 @@ class Preempted(Exception):
 
 class StopRequests:
     def __init__(self, every_min: float | None = None, signals: tuple[str, ...] = SIGNALS,
-                 requeue: bool = True, device: torch.device | None = None):
+                 requeue: bool = True, device: torch.device | None = None, fresh: bool = True):
+        """`fresh`: the run starts from scratch (not from a checkpoint); only then does `POSENAS_HOLD_AT_STEP`
+        apply, so a continued run is not held again."""
         self.every_s = None if not every_min else float(every_min) * 60.0
         self.signal_names, self.requeue, self.device = signals, requeue, device
         self.received: int | None = None
         self.previous: dict[int, Any] = {}
         self.last_save = time.monotonic()
+        self.polls = 0
+        self.hold_at = _hold_step() if fresh else None
 
     # ---- signals ------------------------------------------------------------------------------
     def install(self) -> "StopRequests":
@@ -85,6 +95,9 @@ class StopRequests:
     # ---- the loops' question after every step -------------------------------------------------
     def poll(self) -> str | None:
         """'signal', 'periodic' or None, the same on every rank."""
+        self.polls += 1
+        if self.polls == self.hold_at and distributed.is_main():
+            self._hold()
         due = self.every_s is not None and distributed.is_main() and \
             time.monotonic() - self.last_save >= self.every_s
         code = 2 if self.received is not None else (1 if due else 0)
@@ -96,6 +109,15 @@ class StopRequests:
             if code == 2 and self.received is None:
                 self.received = int(t[1]) or signal.SIGTERM
         return {2: "signal", 1: "periodic"}.get(code)
+
+    def _hold(self) -> None:
+        log.info("%s=%d: holding at this step until a signal arrives", HOLD_ENV, self.hold_at)
+        deadline = time.monotonic() + HOLD_LIMIT_S
+        while self.received is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{HOLD_ENV}={self.hold_at}: no signal in {HOLD_LIMIT_S:.0f} s; unset "
+                                   f"{HOLD_ENV} (it is for testing a scheduler's time limit)")
+            time.sleep(0.05)
 
     def saved(self) -> None:
         """A checkpoint was written (at an epoch end or on request): the periodic timer restarts."""
@@ -129,6 +151,16 @@ class StopRequests:
                 return f"SLURM job {job} requeued; {again}"
             log.warning("scontrol requeue %s failed: %s", job, (done.stderr or done.stdout).strip())
         return again
+
+
+def _hold_step() -> int | None:
+    value = os.environ.get(HOLD_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        from nas.errors import UserError
+        raise UserError(f"{HOLD_ENV}={value!r} is not a step number (1, 2, ...); unset it to run normally")
+    return int(value)
 
 
 def interrupted(run_dir: Path) -> dict | None:

@@ -223,8 +223,9 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int |
 
     Under torch.distributed each rank gets its share when `shard` (default: when shuffling) is on: of a
     training set, padded so every rank runs as many steps; of an evaluation set, each sample once over
-    all ranks (gather the results). `batch_size` is per process. `workers=None`: 1 on the CPU, up to 8 per process on CUDA;
-    pinned memory on CUDA; persistent workers when there are workers (no restart cost per pass)."""
+    all ranks (gather the results). `batch_size` is per process. `workers=None`: 1 on the CPU, up to 8
+    per process on CUDA; pinned memory on CUDA; persistent workers when there are workers (no restart
+    cost per pass)."""
     from nas.engine.distributed import world
     from nas.engine.sampling import EpochSampler, SeededItems
     if len(dataset) == 0:
@@ -239,9 +240,10 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int |
     sampler = EpochSampler(len(dataset), shuffle, seed, rank, size, pad=shuffle)
     if workers is None:
         workers = default_workers(cuda, size)
+    persistent = workers > 0 and (persistent_workers is None or bool(persistent_workers))
     return DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, drop_last=drop_last and sampler.per_rank() >= batch_size,
-                      persistent_workers=workers > 0 if persistent_workers is None else persistent_workers and workers > 0,
+                      persistent_workers=persistent,
                       pin_memory=cuda if pin_memory is None else pin_memory,
                       generator=torch.Generator().manual_seed(seed))  # the process's RNG is not drawn
 

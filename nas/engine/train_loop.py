@@ -129,9 +129,11 @@ class Trainer:
         with autocast(self.amp, self.device):
             heatmaps = self.net(batch["image"])
         loss = self.criterion(heatmaps.float() if self.amp else heatmaps, batch["target"], batch["target_weight"])
-        # the mean over ranks, checked on every rank: a NaN on one stops all of them at the same step
+        # the mean over ranks (one all-reduce) is NaN/inf when any rank's loss is, and is the same on every
+        # rank: checked here without a second collective, it stops all ranks at the same step
         value = distributed.mean_scalar(float(loss.detach()), self.device)
-        check_finite(torch.tensor(value), "training loss", self.step_count)
+        check_finite(torch.tensor(value), "training loss (mean over ranks)" if distributed.world().enabled
+                     else "training loss", self.step_count, agreed=True)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
         self.scaler.unscale_(self.optimizer)

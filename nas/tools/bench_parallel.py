@@ -176,7 +176,8 @@ def report(out: dict) -> None:
              f"thread(s), batch {out['batch_per_process']} per process (global {out['global_batch']}), "
              f"amp {out['amp']}, channels_last {out['channels_last']}, input {out['input_size']}"]
     if "retrain_images_per_s" in out:
-        lines.append(f"  retrain: {out['retrain_images_per_s']:.1f} images/s ({out['retrain_step_s'] * 1000:.1f} ms/step)")
+        lines.append(f"  retrain: {out['retrain_images_per_s']:.1f} images/s "
+                     f"({out['retrain_step_s'] * 1000:.1f} ms/step)")
     if "search_steps_per_s" in out:
         lines.append(f"  search (DARTS 1st order): {out['search_steps_per_s']:.2f} steps/s "
                      f"({out['search_step_s'] * 1000:.1f} ms/step, {out['search_images_per_s']:.1f} images/s)")
