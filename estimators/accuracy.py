@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Subset
 
 from nas.engine.runtime import make_loader
 from nas.errors import UserError
-from nas.pose.loss import KeypointMSELoss
+from nas.pose.loss import KeypointMSELoss, final_heatmaps
 from nas.pose.predict import predict_coco
 
 _LOSS = KeypointMSELoss(use_target_weight=True)  # the search's default criterion (conf/search.yaml)
@@ -116,7 +116,7 @@ class HeldOutPoseAccuracy:
         total, count = 0.0, 0
         with torch.no_grad():
             for batch in self.loader:
-                out = model(batch["image"].to(self.device))
+                out = final_heatmaps(model(batch["image"].to(self.device)))
                 per_sample = _LOSS(out.float(), batch["target"].to(self.device), batch["target_weight"].to(self.device))
                 total += float(per_sample) * len(out)
                 count += len(out)

@@ -75,6 +75,13 @@ class RetrainConfig(RunConfig):
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     compile: bool = False  # torch.compile the network for training
     lr_min: float = 0.0
+    lr_schedule: str = "cosine"  # or multistep (nas/engine/schedule.py)
+    lr_steps: list = field(default_factory=list)  # multistep: epochs at which the lr is multiplied by lr_factor
+    lr_factor: float = 0.1
+    warmup_iters: int = 0  # linear warm-up over this many optimizer steps, from warmup_ratio x lr
+    warmup_ratio: float = 0.001
+    supervision: Optional[list] = None  # per heatmap output: {sigma, weight, ohkm_topk} (nas/pose/loss.py)
+    pretrained: Optional[str] = None  # a local ImageNet weights file for the network's backbone
     grad_clip: Optional[float] = None
     eval_every: int = 5
     flip_test: bool = True

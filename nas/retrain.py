@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -40,7 +41,10 @@ from nas.engine.train_loop import BEST_PREDICTIONS, LAST_PREDICTIONS, Trainer
 from nas.errors import UserError
 from nas.genotype import load
 from nas.tracking import make_logger
+from nas.data.topdown import set_target_sigmas
+from nas.pose.loss import HeatmapOutput, MultiHeatmapLoss, distinct_sigmas
 from nas.pose.predict import predict_coco
+from nas.pose.pretrained import describe
 from nas.spaces import resolve
 from nas.utils.io import atomic_write_text
 
@@ -63,10 +67,14 @@ def retrain(cfg: DictConfig) -> dict:
     heatmap_size = list(cfg.heatmap_size or genotype.heatmap_size)
     data = instantiate(cfg.data, input_size=input_size, heatmap_size=heatmap_size)
     seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG
-    model = to_memory_format(space.build(genotype).to(device), cfg.channels_last)
+    model = space.build(genotype)
     if space.args.get("num_keypoints", data.num_keypoints) != data.num_keypoints:
         raise UserError(f"the genotype's network predicts {space.args['num_keypoints']} keypoints but "
                         f"data={data.name} has {data.num_keypoints}")
+    if cfg.pretrained and resume_from is None:  # a resume has the trained weights
+        _load_pretrained(model, cfg.pretrained, genotype.space)
+    model = to_memory_format(model.to(device), cfg.channels_last)
+    criterion = _criterion(cfg, model, data)
     loader_args = dict(workers=cfg.num_workers, device=device, pin_memory=cfg.pin_memory,
                        persistent_workers=cfg.persistent_workers)
     train_loader = make_loader(data.train, cfg.batch_size, True, drop_last=True, seed=cfg.seed, **loader_args)
@@ -75,14 +83,16 @@ def retrain(cfg: DictConfig) -> dict:
     lr = _learning_rate(cfg, world.size)
     batch = record_batch(run_dir, cfg.batch_size, device, lr, cfg.optimizer.lr, cfg.lr_scaling)
     stops = StopRequests(cfg.checkpoint_every_min, requeue=cfg.requeue, device=device, fresh=resume_from is None)
-    trainer = Trainer(model, instantiate(cfg.criterion), instantiate(cfg.optimizer, lr=lr)(model.parameters()),
+    trainer = Trainer(model, criterion, instantiate(cfg.optimizer, lr=lr)(model.parameters()),
                       cfg.epochs, _steps(full_pass_batches(train_loader), cfg.max_steps_per_epoch), device,
                       cfg.lr_min, cfg.grad_clip,
                       best_extra={"genotype": {**genotype.to_dict(), "space_args": space_args},
                                   "input_size": input_size, "heatmap_size": heatmap_size},
                       primary_metric=data.val.primary_metric,
                       bad_images=BadImageMonitor(len(data.train), data.max_bad_fraction),
-                      amp=amp, train_net=train_net, stops=stops)
+                      amp=amp, train_net=train_net, stops=stops,
+                      schedule=dict(kind=cfg.lr_schedule, steps=list(cfg.lr_steps), factor=cfg.lr_factor,
+                                    warmup_iters=cfg.warmup_iters, warmup_ratio=cfg.warmup_ratio))
     if distributed.is_main():
         save_config(cfg, run_dir)
     log.info("retrain %s (%s) on %s: %d instances, %d epochs, input %s, batch %s, lr %g, device %s%s, run dir %s",
@@ -126,6 +136,47 @@ def _results(fitted: dict, model: nn.Module, cfg: DictConfig, data, genotype, in
         clear_interrupted(run_dir)
     distributed.barrier()
     return results
+
+
+def _criterion(cfg: DictConfig, model: nn.Module, data) -> nn.Module:
+    """The configured loss, or for a network supervised at several outputs / sigmas (`supervision=`, else
+    the network's own `heatmap_outputs()`) a `MultiHeatmapLoss`, with the data making a target per sigma."""
+    base = instantiate(cfg.criterion)
+    outputs = _supervision(cfg.supervision, model)
+    if outputs is None:
+        return base
+    sigmas = distinct_sigmas(outputs)
+    set_target_sigmas(data.train, sigmas)
+    log.info("supervision of %d heatmap output(s): %s", len(outputs), "; ".join(
+        f"sigma {o.sigma:.2f} x{o.weight:g}" + (f" OHKM top-{o.ohkm_topk}" if o.ohkm_topk else "") for o in outputs))
+    return MultiHeatmapLoss(outputs, sigmas, use_target_weight=getattr(base, "use_target_weight", True))
+
+
+def _supervision(given: Any, model: nn.Module) -> list[HeatmapOutput] | None:
+    own = model.heatmap_outputs() if hasattr(model, "heatmap_outputs") else None
+    if given is None:
+        return own
+    entries = OmegaConf.to_container(given) if not isinstance(given, list) else given
+    expected = len(own) if own is not None else 1
+    if len(entries) != expected:
+        raise UserError(f"supervision= lists {len(entries)} output(s) but the network returns {expected}; "
+                        "give one {sigma, weight, ohkm_topk} per output, or supervision=null for its own")
+    outputs = []
+    for i, entry in enumerate(entries):
+        unknown = set(entry) - {"sigma", "weight", "ohkm_topk"}
+        if unknown or "sigma" not in entry:
+            raise UserError(f"supervision[{i}] must be {{sigma, weight, ohkm_topk}} with a sigma; got {dict(entry)}")
+        outputs.append(HeatmapOutput(float(entry["sigma"]), float(entry.get("weight", 1.0)),
+                                     entry.get("ohkm_topk")))
+    return outputs
+
+
+def _load_pretrained(model: nn.Module, path: str, space: str) -> None:
+    if not hasattr(model, "load_pretrained"):
+        raise UserError(f"pretrained={path}: the {space} space's networks have no ImageNet backbone to "
+                        "initialise; drop pretrained= (families with one: hrnet, simple_baseline, mspn)")
+    report = model.load_pretrained(path)
+    log.info("%s", describe(report, path))
 
 
 def _learning_rate(cfg: DictConfig, processes: int) -> float:

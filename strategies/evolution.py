@@ -36,6 +36,7 @@ from nas.engine.guards import check_finite, check_finite_grads
 from nas.engine.runtime import log
 from nas.errors import UserError
 from nas.genotype import Genotype
+from nas.pose.loss import supervised_loss
 from nas.utils.io import atomic_write_text
 from strategies.genes import crossover, mutate
 
@@ -107,7 +108,7 @@ class Evolution:
             self.supernet.set_path(path)
             with autocast(self.amp, self.device):
                 out = self.supernet(train_batch["image"])
-            loss = self.criterion(out.float() if self.amp else out, train_batch["target"], train_batch["target_weight"])
+            loss = supervised_loss(self.criterion, out, train_batch, bool(self.amp))
             total += check_finite(loss, "training loss", self.steps)
             self.scaler.scale(loss).backward()
         distributed.average_gradients(self.supernet.parameters())  # the same paths on every rank

@@ -29,6 +29,7 @@ from nas.engine.guards import check_finite, check_finite_grads
 from nas.engine.runtime import log, to_memory_format
 from nas.errors import UserError
 from nas.genotype import Genotype
+from nas.pose.loss import supervised_loss
 
 Batch = dict[str, torch.Tensor]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -96,7 +97,7 @@ class RandomSearch:
         self.opt.zero_grad(set_to_none=True)
         with autocast(self.amp, self.device):
             heatmaps = net(batch["image"])
-        loss = self.criterion(heatmaps.float() if self.amp else heatmaps, batch["target"], batch["target_weight"])
+        loss = supervised_loss(self.criterion, heatmaps, batch, bool(self.amp))
         value = check_finite(loss, "training loss", self.steps)
         self.scaler.scale(loss).backward()
         stepped = [p for group in self.opt.param_groups for p in group["params"]]

@@ -11,6 +11,7 @@ import torch
 
 from nas.budget import build_on_meta
 from nas.genotype import Genotype, GenotypeError, load, save
+from nas.pose.loss import final_heatmaps
 from nas.spaces import build_space, resolve, space_names
 from search_spaces.darts_cells import DartsCellsSpace
 from tests.helpers import REPO_ROOT
@@ -87,7 +88,7 @@ def test_every_shipped_space_resolves_by_name(name):
     space.validate(member)
     for make in (space.supernet, lambda: space.build(member)):
         net = build_on_meta(make)
-        out = net.eval()(torch.empty(1, 3, 64, 48, device="meta"))
+        out = final_heatmaps(net.eval()(torch.empty(1, 3, 64, 48, device="meta")))
         assert out.shape == (1, space.args["num_keypoints"], 16, 12)
 
 
@@ -97,7 +98,7 @@ def test_every_shipped_genotype_resolves_and_builds(path):
     heatmaps at the file's input_size have the file's heatmap_size (on the meta device)."""
     genotype = load(path)
     net = build_on_meta(lambda: resolve(genotype).build(genotype))
-    out = net.eval()(torch.empty(1, 3, *genotype.input_size, device="meta"))
+    out = final_heatmaps(net.eval()(torch.empty(1, 3, *genotype.input_size, device="meta")))
     assert out.shape == (1, genotype.space_args.get("num_keypoints", 17), *genotype.heatmap_size)
 
 

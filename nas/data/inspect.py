@@ -6,7 +6,7 @@ sample through the dataset's own `__getitem__` with a DataLoader and reports:
 - counts: images, instances kept, instances dropped at load time by reason (`dataset.dropped`), and
   image files that could not be read (each failing sample is caught and skipped, not fatal);
 - the round-trip score: the target heatmaps the pipeline made from the ground truth, decoded back to
-  image coordinates (quarter offset, then DARK) and scored with the dataset's own metric. A perfect
+  image coordinates (quarter offset, DARK, beta-soft-argmax) and scored with the dataset's own metric. A perfect
   encoder/decoder pair scores AP 1.0 / PCKh 100; what is lost here is lost by every model trained on it;
 - loading throughput; and a few PNGs of crops with the targets and the skeleton drawn on them.
 """
@@ -137,7 +137,7 @@ def inspect_split(dataset: Any, name: str, out_dir: Path, batch_size: int, num_w
     loader = DataLoader(_Guarded(dataset, range(count)), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, persistent_workers=False)
     sigma = float(getattr(dataset, "sigma", 2.0))
-    results: dict[str, list[dict]] = {"quarter": [], "dark": []}
+    results: dict[str, list[dict]] = {"quarter": [], "dark": [], "soft_argmax": []}
     errors = {method: 0.0 for method in results}  # summed image-pixel error of the decoded joints
     unreadable: dict[str, str] = {}
     failed_instances, loaded, saved, decode_s = 0, 0, 0, 0.0
@@ -280,11 +280,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         if s["round_trip"] is not None:
             rt = s["round_trip"]
             lines.append(f"  round-trip {metric:<4} quarter {_score(rt.get('quarter'), metric)}  "
-                         f"dark {_score(rt.get('dark'), metric)}  (GT -> targets -> decode, sigma "
+                         f"dark {_score(rt.get('dark'), metric)}  "
+                         f"soft_argmax {_score(rt.get('soft_argmax'), metric)}  (GT -> targets -> decode, sigma "
                          f"{s['sigma']:g})" + ("  [capped: uninspected GT counts as missed]"
                                               if s["capped"] else ""))
             err = s["round_trip_error_px"]
             lines.append(f"  mean error px   quarter {err['quarter']:.3f}  dark {err['dark']:.3f}  "
+                         f"soft_argmax {err['soft_argmax']:.3f}  "
                          f"(image pixels, over {s['visible_joints']} joints with a target)")
         else:
             lines.append(f"  round-trip      skipped ({s['round_trip_note']})")

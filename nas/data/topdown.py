@@ -51,7 +51,12 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 class TopDownDataset(Dataset):
-    """Sample building and augmentation shared by CocoTopDown and MpiiTopDown."""
+    """Sample building and augmentation shared by CocoTopDown and MpiiTopDown.
+
+    `target_sigmas` (set by `set_target_sigmas`, for networks supervised at several sigmas such as MSPN)
+    adds `targets`, (S, K, h, w): one Gaussian target per sigma, same joints and weights as `target`."""
+
+    target_sigmas: tuple[float, ...] = ()
 
     def _set_pipeline(self, input_size: tuple[int, int], heatmap_size: tuple[int, int], sigma: float,
                       train: bool, padding: float, scale_factor: float, rot_factor: float,
@@ -82,12 +87,16 @@ class TopDownDataset(Dataset):
         keypoints[:, :2] = affine_points(keypoints[:, :2], mat)
         target, target_weight = generate_heatmaps(keypoints, self.input_size, self.heatmap_size,
                                                   self.sigma)
+        extra = {}
+        if self.target_sigmas:
+            extra["targets"] = torch.from_numpy(np.stack([
+                generate_heatmaps(keypoints, self.input_size, self.heatmap_size, s)[0] for s in self.target_sigmas]))
         meta = {"image_id": record.image_id, "center": center.astype(np.float32),
                 "scale": scale.astype(np.float32), "score": float(record.score), "index": int(index)}
         if self.train:
             meta["skipped"] = skipped
         return {"image": normalise(crop), "target": torch.from_numpy(target),
-                "target_weight": torch.from_numpy(target_weight), "meta": meta}
+                "target_weight": torch.from_numpy(target_weight), "meta": meta, **extra}
 
     def _augment(self, image: np.ndarray, keypoints: np.ndarray, center: np.ndarray,
                  scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
@@ -117,6 +126,16 @@ class TopDownDataset(Dataset):
         crop = half_body_crop(keypoints, self.upper_body, self.input_size[1] / self.input_size[0],
                               prefer_upper)
         return (center, scale) if crop is None else crop
+
+
+def set_target_sigmas(dataset: Dataset, sigmas: list[float]) -> None:
+    """Make `dataset` (or the top-down dataset inside a Subset / wrapper) return a target per sigma."""
+    inner = dataset
+    while not isinstance(inner, TopDownDataset) and hasattr(inner, "dataset"):
+        inner = inner.dataset
+    if not isinstance(inner, TopDownDataset):
+        raise TypeError(f"{type(dataset).__name__} makes no heatmap targets")
+    inner.target_sigmas = tuple(float(s) for s in sigmas)
 
 
 def normalise(crop: np.ndarray) -> torch.Tensor:

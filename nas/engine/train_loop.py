@@ -31,6 +31,8 @@ from nas.data.bad_images import BadImageMonitor
 from nas.engine import distributed
 from nas.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nas.engine.guards import check_finite, check_finite_grads
+from nas.engine.schedule import make_scheduler
+from nas.pose.loss import supervised_loss
 from nas.engine.precision import autocast, grad_scaler
 from nas.engine.preemption import StopRequests
 from nas.engine.runtime import MetricsLog, format_eta, log, to_device
@@ -49,12 +51,14 @@ class Trainer:
                  grad_clip: float | None = None, best_extra: dict[str, Any] | None = None,
                  primary_metric: str = "AP", bad_images: BadImageMonitor | None = None,
                  amp: str | None = None, train_net: nn.Module | None = None,
-                 stops: StopRequests | None = None, tracker: Any = None):
+                 stops: StopRequests | None = None, tracker: Any = None, schedule: dict[str, Any] | None = None):
+        """`schedule`: keyword arguments of `nas.engine.schedule.make_scheduler` (kind, steps, factor,
+        warmup_iters, warmup_ratio); default cosine annealing to `lr_min`."""
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
         self.net = model if train_net is None else train_net  # what trains: the model, its DDP or compiled form
         self.best_extra = dict(best_extra or {})  # stored in best.pt, e.g. the genotype
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, max(1, epochs * steps_per_epoch), lr_min)
+        self.scheduler = make_scheduler(optimizer, **{"kind": "cosine", **(schedule or {})}, epochs=epochs,
+                                        steps_per_epoch=steps_per_epoch, lr_min=lr_min)
         self.epochs, self.device, self.grad_clip = epochs, device, grad_clip
         self.steps_per_epoch = steps_per_epoch  # an epoch ends after this many steps (max_steps_per_epoch)
         self.bad_images = bad_images  # counts the skipped unreadable training images of each epoch
@@ -128,7 +132,7 @@ class Trainer:
     def _step(self, batch: dict[str, Any]) -> float:
         with autocast(self.amp, self.device):
             heatmaps = self.net(batch["image"])
-        loss = self.criterion(heatmaps.float() if self.amp else heatmaps, batch["target"], batch["target_weight"])
+        loss = supervised_loss(self.criterion, heatmaps, batch, bool(self.amp))  # one or several heatmap sets
         # the mean over ranks (one all-reduce) is NaN/inf when any rank's loss is, and is the same on every
         # rank: checked here without a second collective, it stops all ranks at the same step
         value = distributed.mean_scalar(float(loss.detach()), self.device)

@@ -9,13 +9,19 @@ the crop affine taken at the heatmap resolution. Two refinements (`decode_heatma
   its log and move the argmax by one Newton step, `-H^-1 g`, with the gradient and Hessian of the
   log-heatmap there. The log of a Gaussian is a quadratic, which the step solves exactly, so a Gaussian
   target at any sub-pixel position decodes back to it (up to the cut tails of the target and kernel).
+- "soft_argmax" (beta-soft-argmax, as humanpose.pytorch decodes at test time): the expected pixel under
+  softmax(beta * heatmap) over the map (beta = 160 by default), then the quarter-pixel step towards the
+  higher neighbour of the rounded location (that code keeps HRNet's post-processing). Confidence is the
+  heatmap at the rounded location. With heatmap values in [0, 1], beta = 160 makes the softmax nearly an
+  argmax with sub-pixel interpolation between the top pixels; it does not learn anything (test only).
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-DECODE_METHODS: tuple[str, ...] = ("quarter", "dark")
+DECODE_METHODS: tuple[str, ...] = ("quarter", "dark", "soft_argmax")
+SOFT_ARGMAX_BETA = 160.0  # humanpose.pytorch's
 
 from nas.data.transforms import affine_points, get_affine_transform
 
@@ -49,6 +55,29 @@ def refine_quarter_offset(heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarra
     coords[..., 0] += 0.25 * np.sign(dx) * ok_x
     coords[..., 1] += 0.25 * np.sign(dy) * ok_y
     return coords
+
+
+def soft_argmax(heatmaps: np.ndarray, beta: float = SOFT_ARGMAX_BETA) -> tuple[np.ndarray, np.ndarray]:
+    """Expected [x, y] (N, K, 2) under softmax(beta * heatmap) over each map, and maxvals (N, K, 1): the
+    heatmap at the rounded expected location (a joint whose value there is not positive is not found)."""
+    heatmaps = np.asarray(heatmaps, dtype=np.float64)
+    n, k, h, w = heatmaps.shape
+    flat = beta * heatmaps.reshape(n, k, h * w)
+    prob = np.exp(flat - flat.max(axis=2, keepdims=True))  # stable: the largest term is exp(0)
+    prob /= prob.sum(axis=2, keepdims=True)
+    xs, ys = np.arange(h * w) % w, np.arange(h * w) // w
+    coords = np.stack([prob @ xs, prob @ ys], axis=-1)  # (N, K, 2)
+    px = np.clip(np.round(coords[..., 0]).astype(int), 0, w - 1)
+    py = np.clip(np.round(coords[..., 1]).astype(int), 0, h - 1)
+    ni, ki = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
+    maxvals = heatmaps[ni, ki, py, px][..., None].astype(np.float32)
+    return coords.astype(np.float32), maxvals
+
+
+def refine_soft_argmax(heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """The quarter-pixel step of the rounded soft-argmax location, added to the soft-argmax itself."""
+    rounded = np.floor(coords + 0.5)
+    return coords + (refine_quarter_offset(heatmaps, rounded) - rounded)
 
 
 def smooth_heatmaps(heatmaps: np.ndarray, sigma: float) -> np.ndarray:
@@ -121,19 +150,22 @@ def decode_heatmaps(heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarra
                     method: str = "quarter", sigma: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps (N, K, h, w) of crops given by centers/scales (N, 2) -> image preds (N, K, 2), maxvals.
 
-    `method` is the sub-pixel refinement, "quarter" or "dark" (module doc); `sigma` is DARK's smoothing,
+    `method` is "quarter", "dark" or "soft_argmax" (module doc); `sigma` is DARK's smoothing,
     the heatmap sigma the network was trained with (the data config's `sigma`). Maxvals are those of
-    the raw heatmaps either way. Test crops are never rotated, so the inverse affine has no rotation.
+    the raw heatmaps (at the argmax; at the rounded soft-argmax). Test crops are never rotated, so the
+    inverse affine has no rotation.
     """
     if method not in DECODE_METHODS:
         raise ValueError(f"decode method must be one of {', '.join(DECODE_METHODS)}, got {method!r}")
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
     centers, scales = np.asarray(centers, np.float64), np.asarray(scales, np.float64)
-    coords, maxvals = get_max_preds(heatmaps)
-    if method == "dark":
-        coords = refine_dark(heatmaps, coords, sigma)
+    if method == "soft_argmax":
+        coords, maxvals = soft_argmax(heatmaps)
+        coords = refine_soft_argmax(heatmaps, coords)
     else:
-        coords = refine_quarter_offset(heatmaps, coords)
+        coords, maxvals = get_max_preds(heatmaps)
+        refine = refine_dark(heatmaps, coords, sigma) if method == "dark" else None
+        coords = refine if refine is not None else refine_quarter_offset(heatmaps, coords)
     size = heatmaps.shape[2:]
     preds = np.zeros(coords.shape, dtype=np.float64)  # (N, K, 2)
     for i, crop_coords in enumerate(coords):

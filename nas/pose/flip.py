@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from nas.data.keypoints import flip_permutation
+from nas.pose.loss import final_heatmaps
 
 
 def flip_heatmaps_back(heatmaps: torch.Tensor, flip_pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -25,8 +26,8 @@ def flip_test(model: nn.Module, images: torch.Tensor, flip_pairs: Sequence[tuple
     shift would add a bias of half a heatmap pixel: it is off by default and kept only for models
     trained with HRNet-style targets.
     """
-    heatmaps = model(images)  # (B, K, h, w)
-    flipped = flip_heatmaps_back(model(images.flip(-1)), flip_pairs)
+    heatmaps = final_heatmaps(model(images))  # (B, K, h, w): a multi-output network's prediction
+    flipped = flip_heatmaps_back(final_heatmaps(model(images.flip(-1))), flip_pairs)
     if shift:
         flipped = torch.cat([flipped[..., :1], flipped[..., :-1]], dim=-1)
     return 0.5 * (heatmaps + flipped)

@@ -10,6 +10,7 @@ from torch import nn
 from nas.data.keypoints import COCO_SIGMAS
 from nas.pose.decode import decode_heatmaps
 from nas.pose.flip import flip_test
+from nas.pose.loss import final_heatmaps
 from nas.pose.nms import nms_per_image
 
 KEYPOINT_SCORE_THRESHOLD = 0.2  # joints above this confidence count in the instance score (HRNet)
@@ -95,7 +96,7 @@ def predict_coco(model: nn.Module, loader: Iterable[dict], device: torch.device 
     with torch.no_grad():
         for batch in loader:
             images = batch["image"].to(device)  # (B, 3, H, W)
-            heatmaps = flip_test(model, images, flip_pairs) if flip else model(images)
+            heatmaps = flip_test(model, images, flip_pairs) if flip else final_heatmaps(model(images))
             results += results_from_heatmaps(heatmaps.float(), batch["meta"], decode, sigma)
     model.train(was_training)
     if gather_total is not None:
