@@ -3,8 +3,8 @@
 Any genotype of any space: the space is resolved exactly as retrain resolves it (through
 conf/search_space/, with `space_args` overrides merged over the genotype's), the network is built
 and measured, nothing is trained. GFLOPs are thop MACs at batch 1 (the pose literature's
-convention); latency is the median of `runs` timed forward passes after `warmup` ones, at
-`batch_size`. Nothing is written unless `out=` names a JSON file (no run directory).
+convention; `GFLOPs_summary_rule` is the HRNet code's count, estimators/complexity.py); latency is the
+median of `runs` timed forward passes after `warmup` ones, at `batch_size`. Nothing is written unless `out=` names a JSON file (no run directory).
 Before the network is built, its size is checked on the meta device against `max_params_m` and
 `max_activation_gb` (nas/budget.py); `activation_GB` is that count (leaf-module outputs, batch 1).
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from estimators.complexity import count_gflops, count_params
+from estimators.complexity import count_gflops, count_gflops_summary_rule, count_params
 from estimators.latency import measure_latency
 from estimators.latency_table import LatencyTable
 from nas.budget import check_budget
@@ -56,7 +56,9 @@ def profile(cfg: DictConfig) -> dict:
     model = space.build(genotype)
     result = {"genotype": str(Path(cfg.genotype).resolve()), "space": genotype.space,
               "space_args": space.args, "input_size": input_size, "params": count_params(model),
-              "GFLOPs": count_gflops(model, tuple(input_size)), "activation_GB": size.activation_bytes / 1e9}
+              "GFLOPs": count_gflops(model, tuple(input_size)),
+              "GFLOPs_summary_rule": count_gflops_summary_rule(model, tuple(input_size)),
+              "activation_GB": size.activation_bytes / 1e9}
     if cfg.latency:
         device = pick_device(cfg.device)
         threads = configure_threads(cfg.threads) if device.type == "cpu" else None
@@ -77,7 +79,9 @@ def report(result: dict) -> str:
     sizes = {k: v for k, v in result["space_args"].items() if not isinstance(v, (list, dict))}  # not the choices
     lines = [f"{result['genotype']}  ({result['space']}, {json.dumps(sizes)})",
              f"input {h}x{w}  params {result['params'] / 1e6:.2f}M ({result['params']:,})  "
-             f"GFLOPs {result['GFLOPs']:.3f}  activations {result['activation_GB']:.3f} GB at batch 1"]
+             f"GFLOPs {result['GFLOPs']:.3f}  activations {result['activation_GB']:.3f} GB at batch 1",
+             f"GFLOPs by the HRNet code's rule (its, SimpleBaseline's and LPN's tables): "
+             f"{result['GFLOPs_summary_rule']:.3f}"]
     lat = result.get("latency")
     if lat:
         threads = f", {lat['threads']} thread(s)" if lat["threads"] else ""

@@ -48,6 +48,8 @@ def test_plain_conv_profile_matches_a_hand_count(tmp_path):
     assert result["params"] == params
     # thop adds BatchNorm's element-wise work to the convs' multiply-adds: a few percent here.
     assert macs / 1e9 <= result["GFLOPs"] <= 1.05 * macs / 1e9
+    # the HRNet code's rule: the convs' multiply-adds alone, in units of 2**30
+    assert result["GFLOPs_summary_rule"] == pytest.approx(macs / 2 ** 30, rel=1e-9)
     assert result["input_size"] == g["input_size"]
     assert result["latency"]["median_ms"] > 0 and result["latency"]["runs"] == 3
     assert f"{params / 1e6:.2f}M" in proc.stdout and "latency" in proc.stdout

@@ -124,6 +124,10 @@ def test_pretrained_loading_reports_what_fitted(tmp_path):
     assert torch.equal(net.backbone[0].weight, conv)
     assert report["loaded"] == ["0.weight"] and len(report["mismatched"]) == 1 and report["unused"] == ["fc.weight"]
     assert set(report["missing"]) == {"0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"}
+    # a file whose only fitting tensors are BatchNorm step counters (0-d, they fit any BN): nothing fits
+    torch.save({"1.num_batches_tracked": torch.tensor(5), "0.weight": torch.ones(8, 3, 3, 3)}, tmp_path / "bn.pth")
+    with pytest.raises(UserError, match="no tensor of .* fits the backbone"):
+        load_pretrained(net.backbone, tmp_path / "bn.pth")
     # a rename that maps nothing: refused, not a silent training from scratch
     with pytest.raises(UserError, match="no tensor of .* fits the backbone"):
         load_pretrained(net.backbone, tmp_path / "w.pth", rename=lambda k: None)

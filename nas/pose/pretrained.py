@@ -60,7 +60,7 @@ def load_pretrained(module: nn.Module, path: str | Path, rename: Callable[[str],
             updates[target] = value
             report["loaded"].append(target)
     report["missing"] = [k for k in own if k not in updates and not k.endswith("num_batches_tracked")]
-    if not updates:
+    if not any(not key.endswith("num_batches_tracked") for key in updates):  # BN counters fit anything
         raise UserError(f"no tensor of {path} fits the {what} ({len(state)} in the file, e.g. "
                         f"{next(iter(state))!r}); is it the checkpoint for this network?")
     with torch.no_grad():
