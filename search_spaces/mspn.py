@@ -191,7 +191,7 @@ class MSPNNet(nn.Module):
     """(B, 3, H, W) -> a list of stages x 4 heatmap tensors (B, K, H/4, W/4); the last is the prediction."""
 
     def __init__(self, base_width: int, num_stages: int, depths: Sequence[int], unit_channels: int,
-                 num_keypoints: int):
+                 num_keypoints: int, heatmap_bn_init: float = 1.0):
         super().__init__()
         self.stages = nn.ModuleList(Stage(base_width, depths, unit_channels, num_keypoints, first=s == 0,
                                           last=s == num_stages - 1) for s in range(num_stages))
@@ -201,6 +201,7 @@ class MSPNNet(nn.Module):
         for stage in self.stages:
             for unit in stage.units:
                 init_head(unit.predict)
+                nn.init.constant_(unit.predict[-1][1].weight, heatmap_bn_init)  # the heatmaps' BN scale
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs: list[torch.Tensor] = []
@@ -240,9 +241,14 @@ class MSPNSpace:
 
     def __init__(self, base_width: int = 8, stage_choices: Sequence[int] = (1, 2),
                  depth_choices: Sequence[Sequence[int]] = ((1,), (1,), (1, 2), (1,)),
-                 unit_channel_choices: Sequence[int] = (8, 16), num_keypoints: int = 17):
+                 unit_channel_choices: Sequence[int] = (8, 16), num_keypoints: int = 17,
+                 heatmap_bn_init: float = 1.0):
         self.args = check_args(dict(base_width=base_width, stage_choices=stage_choices, depth_choices=depth_choices,
                                     unit_channel_choices=unit_channel_choices, num_keypoints=num_keypoints), BOUNDS)
+        if not isinstance(heatmap_bn_init, (int, float)) or isinstance(heatmap_bn_init, bool) \
+                or not 0.0 <= heatmap_bn_init <= 1.0:
+            raise ValueError(f"heatmap_bn_init must be a number in [0, 1], got {heatmap_bn_init!r}")
+        self.args["heatmap_bn_init"] = float(heatmap_bn_init)
         if len(self.args["depth_choices"]) != NUM_UNITS:
             raise ValueError(f"depth_choices must give {NUM_UNITS} lists (one per ResNet layer), "
                              f"got {len(self.args['depth_choices'])}")
@@ -286,7 +292,7 @@ class MSPNSpace:
         self.validate(genotype)
         g = genotype.genotype
         return MSPNNet(self.args["base_width"], g["stages"], g["depths"], g["unit_channels"],
-                       self.args["num_keypoints"])
+                       self.args["num_keypoints"], self.args["heatmap_bn_init"])
 
 
 def _check_choice(where: str, value: Any, choices: Sequence[int]) -> None:

@@ -173,3 +173,17 @@ def test_load_pretrained_puts_a_torchvision_resnet50_into_every_stages_down_path
         assert torch.equal(own[f"stages.0.down.{key}"], theirs[key])
     assert torch.equal(own["stages.1.down.layer2.0.conv2.weight"], theirs["layer2.0.conv2.weight"])
     assert not any(k.startswith("stages.1.down.conv1") for k in own)  # later stages have no stem
+
+
+def test_heatmap_bn_init_sets_the_scale_of_every_units_last_batchnorm():
+    """heatmap_bn_init=0: each unit's heatmap BN starts at scale 0 (first heatmaps = its shift, 0); the
+    published files keep MSPN's 1; a value outside [0, 1] is refused."""
+    space = build_space("mspn", {"heatmap_bn_init": 0.0})
+    net = space.build(space.sample(random.Random(0)))
+    scales = [unit.predict[-1][1].weight for stage in net.stages for unit in stage.units]
+    assert scales and all(torch.count_nonzero(s) == 0 for s in scales)
+    assert float(net(torch.randn(2, 3, 64, 48))[-1].abs().max()) == 0.0
+    published = load(REPO_ROOT / "genotypes" / "mspn_1stage_coco_256x192.json")
+    assert published.space_args["heatmap_bn_init"] == 1.0
+    with pytest.raises(GenotypeError, match="heatmap_bn_init"):
+        build_space("mspn", {"heatmap_bn_init": 2.0})

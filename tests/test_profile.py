@@ -124,3 +124,17 @@ def test_cuda_latency_is_measured_on_the_gpu():
     stats = measure_latency(model, (256, 192), "cuda", runs=5, warmup=2)
     assert stats["device"].startswith("cuda") and next(model.parameters()).is_cuda
     assert 0 < stats["median_ms"] <= stats["p90_ms"]
+
+
+def test_zoo_table_row_matches_the_hand_count(tmp_path):
+    """nas.tools.zoo_table's row for the plain baseline: the hand-counted params and the convs'
+    multiply-adds / 2**30 in the HRNet-rule column; the table goes to --out too."""
+    from nas.tools.zoo_table import main
+    g = json.loads(PLAIN.read_text())
+    params, macs = plain_conv_counts(g["space_args"]["stem_channels"], g["genotype"]["widths"],
+                                     g["space_args"]["num_keypoints"], *g["input_size"])
+    main(["--glob", PLAIN.name, "--runs", "1", "--out", str(tmp_path / "zoo.md")])
+    row = [line for line in (tmp_path / "zoo.md").read_text().splitlines() if line.startswith(f"| {PLAIN.stem} ")]
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert cells[1] == "plain_conv" and cells[3] == f"{params / 1e6:.2f}"
+    assert cells[5] == f"{macs / 2 ** 30:.3f}"
