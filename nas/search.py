@@ -59,11 +59,15 @@ def search(cfg: DictConfig) -> Path:
         log.warning("channels_last=true is not used with search_space.partial_channels: the supernet runs in NCHW")
     supernet = to_memory_format(space.supernet().to(device), channels_last)
     distributed.broadcast_module(supernet)  # one start for all ranks
-    weight_set, arch_set = split_by_image(data.train, cfg.arch_fraction, cfg.seed)
+    one_level = bool(OmegaConf.select(cfg, "strategy.one_level", default=False))
     loader_args = dict(workers=cfg.num_workers, drop_last=True, device=device, pin_memory=cfg.pin_memory,
                        persistent_workers=cfg.persistent_workers)
+    if one_level:  # weights and architecture from the same training batches: nothing held out
+        weight_set, arch_set, arch_loader = data.train, None, None
+    else:
+        weight_set, arch_set = split_by_image(data.train, cfg.arch_fraction, cfg.seed)
+        arch_loader = make_loader(arch_set, cfg.batch_size, True, seed=cfg.seed + 1, **loader_args)
     train_loader = make_loader(weight_set, cfg.batch_size, True, seed=cfg.seed, **loader_args)
-    arch_loader = make_loader(arch_set, cfg.batch_size, True, seed=cfg.seed + 1, **loader_args)
     steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
     extras = _strategy_extras(cfg, data, weight_set, arch_set, device)
     strategy = instantiate(cfg.strategy, space=space, supernet=supernet, criterion=instantiate(cfg.criterion),
@@ -72,10 +76,11 @@ def search(cfg: DictConfig) -> Path:
     if distributed.is_main():
         save_config(cfg, run_dir)
     batch = record_batch(run_dir, cfg.batch_size, device)
-    log.info("search: %s + %s on %s (%d/%d training instances for weights/architecture), %d epochs "
-             "x %d steps, batch %s, device %s, run dir %s", space.name, type(strategy).__name__, data.name,
-             len(weight_set), len(arch_set), epochs, steps, batch["text"], device, run_dir)
-    bad_images = BadImageMonitor(2 * steps * cfg.batch_size, data.max_bad_fraction)  # both batches
+    split = (f"{len(weight_set)} training instances for weights and architecture (one-level)" if one_level
+             else f"{len(weight_set)}/{len(arch_set)} training instances for weights/architecture")
+    log.info("search: %s + %s on %s (%s), %d epochs x %d steps, batch %s, device %s, run dir %s", space.name,
+             type(strategy).__name__, data.name, split, epochs, steps, batch["text"], device, run_dir)
+    bad_images = BadImageMonitor((1 if one_level else 2) * steps * cfg.batch_size, data.max_bad_fraction)
     with StopRequests(cfg.checkpoint_every_min, requeue=cfg.requeue, device=device,
                       fresh=resume_from is None) as stops, \
             make_logger(cfg.logger, run_dir, cfg, world.rank) as tracker:

@@ -5,6 +5,12 @@ product taken by finite differences as in the DARTS paper).
 
 Works for any space whose supernet exposes `arch_parameters()` and `weight_parameters()`.
 
+`one_level=True` is PNFS's "sync" search (and the one-level baseline of the DARTS literature): no held-out
+split; every step takes one loss on a training batch and updates the weights and the architecture
+parameters together from its gradients (each with its own optimizer: `weight_optimizer`,
+`arch_optimizer`; PNFS uses one Adam over both). The search entry point then trains on the whole training
+set and loads no held-out batches. Not with `unrolled` (nothing to unroll).
+
 Under torch.distributed each rank holds the whole supernet and its share of every batch; every
 gradient (of the weights, of the architecture parameters, and the three of the second-order step:
 the virtual step's, the validation loss's at w', the two finite-difference probes') is averaged over
@@ -51,7 +57,7 @@ class Darts:
                  warmup_epochs: float = 0.0, grad_clip: float = 5.0, lr_min: float = 0.0,
                  fd_eps: float = 0.01, latency_weight: float = 0.0, latency_table: str | None = None,
                  input_size: tuple[int, int] | None = None, run_dir: str | None = None,
-                 amp: str | None = None):
+                 amp: str | None = None, one_level: bool = False):
         if not hasattr(supernet, "arch_parameters"):
             raise UserError(f"search space {space.name!r} has no architecture parameters, so a "
                             "gradient strategy cannot search it; pick another strategy or space")
@@ -65,6 +71,10 @@ class Darts:
         total = max(1, epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, total, lr_min)
         self.unrolled, self.grad_clip = unrolled, grad_clip
+        if one_level and unrolled:
+            raise UserError("strategy.one_level=true updates weights and architecture from one loss; there is no "
+                            "virtual step to unroll: set strategy.unrolled=false")
+        self.one_level = one_level
         if unrolled and amp is not None:
             raise UserError(f"amp={amp} with second-order DARTS: its finite-difference Hessian-vector product "
                             "(weights moved by 0.01 / ||dw||) is below half precision's resolution, so the "
@@ -100,6 +110,8 @@ class Darts:
     def step(self, train_batch: Batch, val_batch: Batch) -> dict[str, float]:
         self.supernet.train()
         metrics: dict[str, float] = {}
+        if self.one_level:
+            return self._one_level_step(train_batch, metrics)
         if self.steps >= self.warmup_steps:
             metrics["arch_loss"] = self._arch_step(train_batch, val_batch)
             if self.latency_weight > 0:
@@ -126,6 +138,41 @@ class Darts:
         self.scaler.update()
         self.scheduler.step()
         return value
+
+    def _one_level_step(self, batch: Batch, metrics: dict[str, float]) -> dict[str, float]:
+        """Weights and (after the warm-up) architecture from the gradients of one training loss."""
+        arch = self.steps >= self.warmup_steps
+        self.w_opt.zero_grad(set_to_none=True)
+        self.a_opt.zero_grad(set_to_none=True)
+        loss = self.loss(batch)
+        value = check_finite(loss, "training loss", self.steps)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.weights + (self.alphas if arch else []))
+        value = distributed.mean_scalar(value, loss.device)
+        self.scaler.unscale_(self.w_opt)
+        if not self.scaler.is_enabled():
+            check_finite_grads(self.weights, "training loss", self.steps)
+        nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
+        if arch:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            for a in self.alphas:
+                if a.grad is not None and scale != 1.0:
+                    a.grad /= scale
+            if scale == 1.0 or all(a.grad is None or bool(torch.isfinite(a.grad).all()) for a in self.alphas):
+                if self.latency_weight > 0:
+                    self._add_latency_grads(value)
+                self._apply_arch_grads()
+                metrics["arch_loss"] = value
+            else:
+                self.arch_skipped += 1
+        for a in self.alphas:
+            a.grad = None  # the weight optimizer never sees them
+        self.scaler.step(self.w_opt)
+        self.scaler.update()
+        self.scheduler.step()
+        self.steps += 1
+        metrics.update(loss=value, lr=self.w_opt.param_groups[0]["lr"])
+        return metrics
 
     def _arch_step(self, train_batch: Batch, val_batch: Batch) -> float:
         self.a_opt.zero_grad(set_to_none=True)

@@ -6,6 +6,7 @@ remaining epochs exactly as an uninterrupted run would (same machine, same seed)
 """
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -231,15 +232,18 @@ def _epoch(strategy: Any, train_loader, arch_loader, steps: int, device: torch.d
     counts: dict[str, int] = {k: int(v) for k, v in partial["counts"].items()} if partial else {}
     if bad_images is not None:
         bad_images.start_epoch()
-    batches = zip(range(first, steps), epoch_batches(train_loader, epoch, steps, first),
-                  epoch_batches(arch_loader, epoch, steps, first))
+    # no held-out loader (a one-level search): the step's held-out batch is its training batch
+    held_out = epoch_batches(arch_loader, epoch, steps, first) if arch_loader is not None else itertools.repeat(None)
+    batches = zip(range(first, steps), epoch_batches(train_loader, epoch, steps, first), held_out)
     bar = tqdm(batches, total=steps, initial=first, desc=f"search {epoch + 1}/{epochs}",
                disable=None if distributed.is_main() else True, leave=False, dynamic_ncols=True)
     for step, batch, arch_batch in bar:
         if bad_images is not None:  # skipped unreadable images; UserError past data.max_bad_fraction
             bad_images.update(batch.get("meta", {}))
-            bad_images.update(arch_batch.get("meta", {}))
-        out = strategy.step(to_device(batch, device), to_device(arch_batch, device))
+            if arch_batch is not None:
+                bad_images.update(arch_batch.get("meta", {}))
+        batch = to_device(batch, device)
+        out = strategy.step(batch, batch if arch_batch is None else to_device(arch_batch, device))
         for key, value in out.items():
             totals[key] = totals.get(key, 0.0) + value
             counts[key] = counts.get(key, 0) + 1
