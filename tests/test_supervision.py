@@ -136,3 +136,24 @@ def test_pretrained_loading_reports_what_fitted(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a torch file")
     with pytest.raises(UserError, match="cannot read pretrained weights"):
         load_pretrained(net.backbone, tmp_path / "bad.pth")
+
+
+def test_supervision_config_is_checked_against_the_network():
+    """supervision= must give one {sigma, weight, ohkm_topk} per output: a count that differs from the
+    network's outputs, an unknown key or a missing sigma is a one-line UserError."""
+    from nas.retrain import _supervision
+
+    class TwoOutputs(nn.Module):
+        def heatmap_outputs(self):
+            return [HeatmapOutput(2.0, 0.5), HeatmapOutput(1.0, 1.0, 8)]
+
+    assert _supervision(None, TwoOutputs()) == TwoOutputs().heatmap_outputs()  # the network's own
+    assert _supervision(None, nn.Conv2d(1, 1, 1)) is None  # a plain network keeps the plain loss
+    given = [{"sigma": 3.0}, {"sigma": 1.5, "weight": 2, "ohkm_topk": 4}]
+    assert _supervision(given, TwoOutputs()) == [HeatmapOutput(3.0, 1.0, None), HeatmapOutput(1.5, 2.0, 4)]
+    with pytest.raises(UserError, match="lists 1 output.* returns 2"):
+        _supervision([{"sigma": 2.0}], TwoOutputs())
+    with pytest.raises(UserError, match=r"supervision\[0\] must be"):
+        _supervision([{"sigma": 2.0, "kernel": 9}], nn.Conv2d(1, 1, 1))
+    with pytest.raises(UserError, match=r"supervision\[0\] must be"):
+        _supervision([{"weight": 2.0}], nn.Conv2d(1, 1, 1))
