@@ -41,10 +41,12 @@ def _exit(message: str, code: int, show: bool = True) -> ErrorExit:
 def user_errors(cfg: DictConfig | None = None) -> Iterator[None]:
     """Errors the user can fix print once, without a traceback; internal errors keep theirs.
     Given the composed config, it is checked first (`nas.config.check_config`), before any work."""
+    finished = False
     try:
         if cfg is not None:
             check_config(cfg)
         yield
+        finished = True
     except (UserError, GenotypeError, FileNotFoundError, UnreadableImageError) as err:
         raise _exit(f"error: {err}", EXIT_USER_ERROR)
     except MissingMandatoryValue as err:
@@ -58,7 +60,7 @@ def user_errors(cfg: DictConfig | None = None) -> Iterator[None]:
     except Preempted as err:
         raise _exit(f"stopped: {err}", err.exit_code, show=is_main())
     finally:
-        shutdown()  # leave torch.distributed's process group (nothing in a single process)
+        shutdown(wait=finished)  # leave torch.distributed's process group (nothing in a single process)
 
 
 def quote_override(value: str) -> str:

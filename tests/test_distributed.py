@@ -81,7 +81,7 @@ def _grad_worker(rank: int, port: int, out: str) -> None:
     KeypointMSELoss()(net(batch["image"]), batch["target"], batch["target_weight"]).backward()
     distributed.average_gradients(net.parameters())
     torch.save({"grads": [p.grad for p in net.parameters()]}, Path(out) / f"rank{rank}.pt")
-    distributed.shutdown()
+    distributed.shutdown(wait=True)
 
 
 def test_two_rank_gradients_equal_the_one_process_gradients_of_the_whole_batch(tmp_path):
@@ -122,7 +122,7 @@ def _darts_worker(rank: int, port: int, out: str, unrolled: bool, partial_channe
     _join(rank, port)
     from nas.engine import distributed
     torch.save(_darts_run(_darts(unrolled, partial_channels), rank), Path(out) / f"rank{rank}.pt")
-    distributed.shutdown()
+    distributed.shutdown(wait=True)
 
 
 @pytest.mark.slow
@@ -199,7 +199,7 @@ def _one_shot_worker(rank: int, port: int, out: str, kind: str) -> None:
     _join(rank, port)
     from nas.engine import distributed
     torch.save(_one_shot_run(kind, rank), Path(out) / f"rank{rank}.pt")
-    distributed.shutdown()
+    distributed.shutdown(wait=True)
 
 
 @pytest.mark.slow
@@ -245,7 +245,7 @@ def _eval_worker(rank: int, port: int, out: str, root: str) -> None:
     _join(rank, port)
     from nas.engine import distributed
     torch.save(_predict(Path(root), True), Path(out) / f"rank{rank}.pt")
-    distributed.shutdown()
+    distributed.shutdown(wait=True)
 
 
 @pytest.mark.slow
@@ -348,7 +348,7 @@ def _nan_worker(rank: int, port: int, out: str) -> None:
     except NonFiniteLossError as err:
         trainer = str(err)
     torch.save({"result": result, "trainer": trainer}, Path(out) / f"rank{rank}.pt")
-    distributed.shutdown()
+    distributed.shutdown(wait=True)
 
 
 def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path):

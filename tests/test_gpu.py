@@ -61,7 +61,7 @@ def _nccl_worker(rank: int, port: int, out: str) -> None:
     grad = torch.full((3,), float(rank + 1), device=device)
     distributed.average_tensors([grad])
     torch.save({"grad": grad.cpu(), "device": str(device)}, Path(out) / f"rank{rank}.pt")
-    distributed.shutdown()
+    distributed.shutdown(wait=True)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL between two GPUs needs two")

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         report(out)
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    distributed.shutdown()
+    distributed.shutdown(wait=True)
 
 
 if __name__ == "__main__":
