@@ -22,21 +22,31 @@ dil_conv_3x3, sep_conv_3x3), summed, then a 1x1 conv with bias. alpha is (input_
 part (`alpha_sharing: part`, PNFS's one-shot setting) or per cell (`cell`); either way
 `supernet.alphas[part]` is 2-D (rows = edges, cell-major with per-cell sharing), like darts_cells.
 
-Backbone and cut: a small backbone (stride-4 stem, then three stride-2 stages: four maps at 1/4..1/32)
-stands in for fabric layer cut-1; each of its maps that layer `cut` reads is projected to the cell
-width by a 1x1 conv (with bias) per part. The layers cut..depth-1 are searched. cut >= 1.
+Backbone and cut: `backbone` (search_spaces/fabric_backbones.py) gives four maps at 1/4..1/32 that stand in
+for fabric layer cut-1: `small` (a CPU stand-in, `backbone_width` x 1, 2, 4, 8 channels), PNFS's
+`mobilenet_v2` and `resnet50` (torchvision's definitions) or `hrnet_w32` (stem..stage 3 of this project's
+HRNet); ImageNet weights load by name from a local file (`nas.retrain ... pretrained=FILE`). Each map that
+layer `cut` reads is projected to the cell width by a 1x1 conv (with bias) per part. The layers cut..depth-1
+are searched. cut >= 1.
 Head (per part): the 1/4 cell of the last layer -> a 1x1 conv to the part's K heatmaps (`plain`), or
 PNFS's vector head (`vector`: ReLU, 1x1 conv to K x 8, heatmap = |v|^2 / (1 + |v|^2)).
 
-decode(): per cell, each edge's op is the argmax of its alpha row with `none` excluded; the kept links
-are the strongest (by beta's softmax share, stand-ins' shares added to the link they stand in for)
-and any whose share is >= `link_share`. Pruning is explicit (PNFS prunes only when a softmax
-underflows to exactly 0): walking back from the head, a cell that no kept cell reads through a kept
-link is removed, with its links; the built network then has no op that nothing uses.
+decode(): per cell, each edge keeps the argmax of its alpha row (`none` excluded) and any op whose share is
+>= `op_share` (default 1.0: the argmax alone); the kept links are the strongest (by beta's softmax share,
+stand-ins' shares added to the link they stand in for) and any whose share is >= `link_share`. Pruning is
+explicit (PNFS prunes only when a softmax underflows to exactly 0): walking back from the head, a cell that
+no kept cell reads through a kept link is removed, with its links; the built network then has no op that
+nothing uses. `unpruned()` is the genotype that keeps everything: PNFS's trained networks, whose sizes the
+published genotype files reproduce.
+
+PNFS's released checkpoints were built with two mixed edges per cell, fed one input, so one edge never runs
+(its weights count in the published parameter figures, not in the FLOPs): `idle_edges=1` builds such edges
+(copies of edge 0's ops, never called) so the published sizes can be reproduced; 0 for anything new.
 
 Genotype (readable): {"parts": [{"keypoints": [5, 6, ...], "cells": [{"layer": 2, "scale": 0,
-"ops": ["sep_conv_3x3"], "links": ["same", "coarser"]}, ...]}, ...]}; the fixed settings (depth, cut,
-widths, head, ops, input_nodes, parts, alpha_sharing) are the genotype's space_args.
+"ops": ["sep_conv_3x3"], "links": ["same", "coarser"]}, ...]}, ...]}; an entry of "ops" (one per edge) is an op
+name or a list of names that the built edge sums. The fixed settings (depth, cut, widths, backbone, head, ops,
+input_nodes, idle_edges, parts, alpha_sharing) are the genotype's space_args.
 """
 from __future__ import annotations
 
@@ -50,6 +60,7 @@ from torch.nn import functional as F
 from nas.genotype import Genotype, GenotypeError
 from nas.pose.head import init_head
 from search_spaces.bounds import Bound, BoundError, check_args, is_int, is_list
+from search_spaces.fabric_backbones import BACKBONES, backbone_channels, make_backbone
 from search_spaces.ops import OPS, make_op
 
 SCALES = 4  # 1/4, 1/8, 1/16, 1/32
@@ -77,6 +88,7 @@ BOUNDS = {
     "base_width": Bound(1, 256, "PNFS's 1/4-scale cells are 64 wide; x4"),
     "backbone_width": Bound(1, 256, "ResNet's 1/4 stage is 256 wide"),
     "input_nodes": Bound(1, 8, "PNFS's released checkpoints have 2 mixed edges per cell; x4"),
+    "idle_edges": Bound(0, 8, "PNFS's released checkpoints have 1 edge per cell that never runs; x8"),
     "num_keypoints": Bound(1, 256, "COCO-WholeBody has 133 keypoints"),
 }
 
@@ -102,27 +114,6 @@ def source_scale(link: str, scale: int) -> int:
 def cell_positions(depth: int, cut: int) -> list[tuple[int, int]]:
     """(layer, scale) of every searched cell, in forward order."""
     return [(j, s) for j in range(cut, depth) for s in range(layer_cells(depth, j))]
-
-
-def conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-
-
-class Backbone(nn.Module):
-    """(B, 3, H, W) -> four maps at 1/4, 1/8, 1/16, 1/32 with width x 1, 2, 4, 8 channels."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.stem = nn.Sequential(*conv_bn_relu(3, width, 2), *conv_bn_relu(width, width, 2))
-        self.stages = nn.ModuleList(
-            nn.Sequential(*conv_bn_relu(width * 2 ** i, width * 2 ** (i + 1), 2)) for i in range(SCALES - 1))
-        self.channels = [width * 2 ** i for i in range(SCALES)]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        maps = [self.stem(x)]
-        for stage in self.stages:
-            maps.append(stage(maps[-1]))
-        return maps
 
 
 class Link(nn.Module):
@@ -152,12 +143,15 @@ class FabricCell(nn.Module):
     reads (the supernet weights all three by beta; a built cell sums its kept links once each)."""
 
     def __init__(self, layer: int, scale: int, channels: Sequence[int], links: Sequence[str],
-                 route: dict[str, str], edge_ops: Sequence[Sequence[str]], affine: bool):
+                 route: dict[str, str], edge_ops: Sequence[Sequence[str]], affine: bool, idle: int = 0):
         super().__init__()
         self.scale, self.route = scale, dict(route)
         c = channels[scale]
         self.links = nn.ModuleDict({name: Link(name, channels[source_scale(name, scale)], c) for name in links})
         self.edges = nn.ModuleList(nn.ModuleList(make_op(op, c, 1, affine) for op in ops) for ops in edge_ops)
+        if idle:  # built, never run: PNFS's released cells (input_nodes_num=2 fed one input), for their sizes
+            self.idle = nn.ModuleList(nn.ModuleList(make_op(op, c, 1, affine) for op in edge_ops[0])
+                                      for _ in range(idle))
         self.out = nn.Conv2d(c, c, 1)
 
     def forward(self, prev: dict[int, torch.Tensor], size: Sequence[int], beta: torch.Tensor | None = None,
@@ -169,8 +163,8 @@ class FabricCell(nn.Module):
         else:
             x = sum(len(LINKS) * beta[k] * tensors[self.route[name]] for k, name in enumerate(LINKS))
         x = F.relu(x)
-        if alpha is None:
-            h = sum(ops[0](x) for ops in self.edges)
+        if alpha is None:  # a built cell: each edge sums its kept op(s)
+            h = sum(op(x) for ops in self.edges for op in ops)
         else:
             n_ops = alpha.shape[-1]
             h = sum(n_ops * alpha[e, k] * op(x) for e, ops in enumerate(self.edges) for k, op in enumerate(ops))
@@ -223,7 +217,7 @@ class PartFabric(nn.Module):
 class FabricNet(nn.Module):
     """Backbone + one fabric per part; (B, 3, H, W) -> (B, K, H/4, W/4), overlapping parts summed."""
 
-    def __init__(self, backbone: Backbone, fabrics: Sequence[PartFabric], parts: Sequence[Sequence[int]],
+    def __init__(self, backbone: nn.Module, fabrics: Sequence[PartFabric], parts: Sequence[Sequence[int]],
                  num_keypoints: int):
         super().__init__()
         self.backbone, self.fabrics, self.num_keypoints = backbone, nn.ModuleList(fabrics), num_keypoints
@@ -233,6 +227,10 @@ class FabricNet(nn.Module):
     def part_args(self, part: int) -> tuple[Any, ...]:
         """What part `part`'s fabric gets besides the backbone maps (the supernet: beta and alpha)."""
         return ()
+
+    def load_pretrained(self, path: str) -> dict[str, list[str]]:
+        """ImageNet weights for the backbone (space_args.backbone mobilenet_v2, resnet50 or hrnet_w32)."""
+        return self.backbone.load_pretrained(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.backbone(x)
@@ -261,7 +259,7 @@ class FabricSupernet(FabricNet):
                                            [space.ops] * edges, affine=False)
             fabrics.append(PartFabric(cells, range(min(SCALES, layer_cells(depth, cut) + 1)), space.backbone_channels,
                                       space.channels, len(kps), a["head"]))
-        super().__init__(Backbone(a["backbone_width"]), fabrics, space.parts, a["num_keypoints"])
+        super().__init__(make_backbone(a["backbone"], a["backbone_width"]), fabrics, space.parts, a["num_keypoints"])
         self.primitives, self.input_nodes, self.sharing = tuple(space.ops), edges, a["alpha_sharing"]
         rows = edges * (len(positions) if self.sharing == "cell" else 1)
         self.alphas = nn.ParameterDict(
@@ -316,6 +314,18 @@ def _plain_parts(parts: Any, num_keypoints: int) -> list[list[int]]:
     return [[int(k) for k in kps] for kps in lists]
 
 
+def edge_ops(entry: str | list[str]) -> list[str]:
+    """A genotype edge's op(s): one name, or a list of names that the built edge sums (PNFS's unpruned edge)."""
+    return [entry] if isinstance(entry, str) else list(entry)
+
+
+def _edge_ok(entry: Any, usable: Sequence[str]) -> bool:
+    if isinstance(entry, str):
+        return entry in usable
+    return is_list(entry) and bool(entry) and len(set(map(repr, entry))) == len(entry) and \
+        all(isinstance(o, str) and o in usable for o in entry)
+
+
 class FabricSpace:
     """PNFS's body-part fabrics (see the module docstring). CPU-sized defaults: 3 COCO parts, depth 5, cut 2
     (6 searched cells per part, as in PNFS's depth 6 / cut 3), width 8."""
@@ -325,9 +335,9 @@ class FabricSpace:
     def __init__(self, depth: int = 5, cut: int = 2, base_width: int = 8, backbone_width: int = 8,
                  input_nodes: int = 1, num_keypoints: int = 17, parts: str | list[list[int]] = "coco_3",
                  ops: Sequence[str] = PNFS_OPS, head: str = "plain", alpha_sharing: str = "part",
-                 link_share: float = 0.4):
+                 link_share: float = 0.4, backbone: str = "small", op_share: float = 1.0, idle_edges: int = 0):
         check_args(dict(depth=depth, cut=cut, base_width=base_width, backbone_width=backbone_width,
-                        input_nodes=input_nodes, num_keypoints=num_keypoints), BOUNDS)
+                        input_nodes=input_nodes, num_keypoints=num_keypoints, idle_edges=idle_edges), BOUNDS)
         if not 1 <= cut < depth:
             raise BoundError("cut", f"{cut} must be in [1, depth - 1 = {depth - 1}] (layers cut..depth-1 are searched)")
         self.parts = _plain_parts(parts, num_keypoints)
@@ -338,15 +348,19 @@ class FabricSpace:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         if alpha_sharing not in SHARING:
             raise ValueError(f"alpha_sharing must be one of {', '.join(SHARING)}, got {alpha_sharing!r}")
-        if isinstance(link_share, bool) or not isinstance(link_share, (int, float)) or not 0 < link_share <= 1:
-            raise ValueError(f"link_share must be a number in (0, 1], got {link_share!r}")
+        for name, share in (("link_share", link_share), ("op_share", op_share)):
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+                raise ValueError(f"{name} must be a number in (0, 1], got {share!r}")
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
         self.ops = [str(o) for o in ops]
         self.args = dict(depth=depth, cut=cut, base_width=base_width, backbone_width=backbone_width,
                          input_nodes=input_nodes, num_keypoints=num_keypoints,
                          parts=parts if isinstance(parts, str) else self.parts, ops=self.ops, head=head,
-                         alpha_sharing=alpha_sharing, link_share=float(link_share))
+                         alpha_sharing=alpha_sharing, link_share=float(link_share), backbone=backbone,
+                         op_share=float(op_share), idle_edges=idle_edges)
         self.channels = [base_width * 2 ** s for s in range(SCALES)]
-        self.backbone_channels = [backbone_width * 2 ** s for s in range(SCALES)]
+        self.backbone_channels = backbone_channels(backbone, backbone_width)
         self.positions = cell_positions(depth, cut)
 
     # ---- the supernet and its decoding ------------------------------------------------------------
@@ -421,7 +435,7 @@ class FabricSpace:
             cells = {}
             for i, (j, s) in enumerate(self.positions):
                 rows = supernet.cell_alpha(alpha, i)[:, usable]
-                ops = [self.ops[usable[int(rows[e].argmax())]] for e in range(n_edges)]
+                ops = [self._kept_ops(rows[e], usable) for e in range(n_edges)]
                 share: dict[str, float] = {}
                 for k, name in enumerate(link_sources(depth, cut, j, s).values()):
                     share[name] = share.get(name, 0.0) + float(beta[i, k])
@@ -430,6 +444,24 @@ class FabricSpace:
                 cells[(j, s)] = {"ops": ops, "links": kept}
             parts.append(self.prune(cells))
         return self._genotype(parts)
+
+    def unpruned(self) -> Genotype:
+        """Every cell with every link it has and every op (but none) on each edge: PNFS's trained networks,
+        which its prune step leaves whole; the published-size genotypes are this."""
+        depth, cut, n_edges = self.args["depth"], self.args["cut"], self.args["input_nodes"]
+        ops = [o for o in self.ops if o != "none"]
+        edge = ops[0] if len(ops) == 1 else ops
+        cells = {(j, s): {"ops": [edge] * n_edges,
+                          "links": sorted(set(link_sources(depth, cut, j, s).values()), key=LINKS.index)}
+                 for j, s in self.positions}
+        return self._genotype([self.prune(cells) for _ in self.parts])
+
+    def _kept_ops(self, shares: torch.Tensor, usable: list[int]) -> str | list[str]:
+        """An edge's argmax op plus any op whose share is >= op_share: one name, or a list (summed)."""
+        best = int(shares.argmax())
+        kept = [self.ops[usable[k]] for k in range(len(usable))
+                if k == best or float(shares[k]) >= self.args["op_share"]]
+        return kept[0] if len(kept) == 1 else kept
 
     def sample(self, rng: random.Random) -> Genotype:
         """Random ops per edge (per part with alpha_sharing=part), a random non-empty subset of each cell's
@@ -484,9 +516,9 @@ class FabricSpace:
             ops = cell["ops"]
             usable = [o for o in self.ops if o != "none"]
             if not isinstance(ops, list) or len(ops) != self.args["input_nodes"] or \
-                    not all(isinstance(o, str) and o in usable for o in ops):
-                raise GenotypeError(f"field '{here}.ops' must list {self.args['input_nodes']} op(s) from "
-                                    f"{', '.join(usable)}; got {ops!r}")
+                    not all(_edge_ok(o, usable) for o in ops):
+                raise GenotypeError(f"field '{here}.ops' must list {self.args['input_nodes']} edge(s), each an op "
+                                    f"from {', '.join(usable)} or a list of distinct ones (summed); got {ops!r}")
             real = set(link_sources(depth, cut, j, s).values())
             links = cell["links"]
             if not isinstance(links, list) or not links or len(set(map(repr, links))) != len(links) \
@@ -520,8 +552,8 @@ class FabricSpace:
             for c in part["cells"]:
                 j, s = c["layer"], c["scale"]
                 cells[(j, s)] = FabricCell(j, s, self.channels, c["links"], {n: n for n in c["links"]},
-                                           [[op] for op in c["ops"]], affine=True)
+                                           [edge_ops(op) for op in c["ops"]], affine=True, idle=a["idle_edges"])
             projected = sorted({source_scale(n, c["scale"]) for c in part["cells"] if c["layer"] == a["cut"]
                                 for n in c["links"]})
             fabrics.append(PartFabric(cells, projected, self.backbone_channels, self.channels, len(kps), a["head"]))
-        return FabricNet(Backbone(a["backbone_width"]), fabrics, self.parts, a["num_keypoints"])
+        return FabricNet(make_backbone(a["backbone"], a["backbone_width"]), fabrics, self.parts, a["num_keypoints"])

@@ -3,6 +3,7 @@ first and last 10 of N weight-only steps on the built-in data (CPU, one thread).
 
     python -m nas.tools.probe_weight_lr --opt sgd --lr 0.05 0.5 2 10 30
     python -m nas.tools.probe_weight_lr --opt adam --lr 0.002
+    python -m nas.tools.probe_weight_lr --space fabric --space-arg base_width=16 --lr 1 3 6
 """
 from __future__ import annotations
 
@@ -14,12 +15,24 @@ import torch
 from nas.data.build import synthetic_data
 from nas.engine.runtime import configure_threads, make_loader
 from nas.pose.loss import KeypointMSELoss
-from search_spaces.darts_cells import DartsCellsSpace
+from nas.spaces import build_space
 
 
-def probe(opt: str, lr: float, steps: int, data) -> str:
+def _space_args(pairs: list[str]) -> dict:
+    """key=value pairs, values read as YAML (numbers, lists, strings)."""
+    import yaml
+    args = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--space-arg {pair!r}: write key=value")
+        args[key] = yaml.safe_load(value)
+    return args
+
+
+def probe(opt: str, lr: float, steps: int, data, space: str = "darts_cells", space_args: dict | None = None) -> str:
     torch.manual_seed(0)
-    net = DartsCellsSpace().supernet()
+    net = build_space(space, space_args or {}).supernet()
     params = net.weight_parameters()
     optimizer = (torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=3e-4) if opt == "sgd"
                  else torch.optim.Adam(params, lr=lr))
@@ -40,11 +53,14 @@ def main() -> None:
     parser.add_argument("--opt", choices=("sgd", "adam"), default="sgd")
     parser.add_argument("--lr", type=float, nargs="+", default=[0.05, 0.5, 2.0, 10.0])
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--space", default="darts_cells", help="a search space with a supernet")
+    parser.add_argument("--space-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="a space argument (repeat), e.g. base_width=16")
     args = parser.parse_args()
     configure_threads(1)
     data = synthetic_data()
     for lr in args.lr:
-        print(probe(args.opt, lr, args.steps, data), flush=True)
+        print(probe(args.opt, lr, args.steps, data, args.space, _space_args(args.space_arg)), flush=True)
 
 
 if __name__ == "__main__":
