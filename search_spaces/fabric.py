@@ -61,6 +61,7 @@ from nas.genotype import Genotype, GenotypeError
 from nas.pose.head import init_head
 from search_spaces.bounds import Bound, BoundError, check_args, is_int, is_list
 from search_spaces.fabric_backbones import BACKBONES, backbone_channels, make_backbone
+from search_spaces.cells import MixedOp
 from search_spaces.ops import OPS, make_op
 
 SCALES = 4  # 1/4, 1/8, 1/16, 1/32
@@ -68,6 +69,7 @@ LINKS = ("same", "finer", "coarser")
 HEADS = ("plain", "vector")
 SHARING = ("part", "cell")
 PNFS_OPS = ("none", "skip_connect", "dil_conv_3x3", "sep_conv_3x3")
+CellPath = tuple[Sequence[str], Sequence[Sequence[int]]]  # path mode: a cell's links, op indices per edge
 VECTOR_DIM = 8  # PNFS's 2-D vector representation: 8 numbers per keypoint and pixel
 
 # Keypoint lists per part. COCO: PNFS's own lists. MPII: PNFS's lists (in its own joint order) mapped to the
@@ -89,6 +91,7 @@ BOUNDS = {
     "backbone_width": Bound(1, 256, "ResNet's 1/4 stage is 256 wide"),
     "input_nodes": Bound(1, 8, "PNFS's released checkpoints have 2 mixed edges per cell; x4"),
     "idle_edges": Bound(0, 8, "PNFS's released checkpoints have 1 edge per cell that never runs; x8"),
+    "partial_channels": Bound(1, 256, "PC-DARTS uses K=4; K divides base_width", optional=True),
     "num_keypoints": Bound(1, 256, "COCO-WholeBody has 133 keypoints"),
 }
 
@@ -143,20 +146,28 @@ class FabricCell(nn.Module):
     reads (the supernet weights all three by beta; a built cell sums its kept links once each)."""
 
     def __init__(self, layer: int, scale: int, channels: Sequence[int], links: Sequence[str],
-                 route: dict[str, str], edge_ops: Sequence[Sequence[str]], affine: bool, idle: int = 0):
+                 route: dict[str, str], edge_ops: Sequence[Sequence[str]], affine: bool, idle: int = 0,
+                 partial: int | None = None):
         super().__init__()
         self.scale, self.route = scale, dict(route)
         c = channels[scale]
         self.links = nn.ModuleDict({name: Link(name, channels[source_scale(name, scale)], c) for name in links})
-        self.edges = nn.ModuleList(nn.ModuleList(make_op(op, c, 1, affine) for op in ops) for ops in edge_ops)
+        self.partial = partial is not None and partial > 1
+        if self.partial:  # PC-DARTS: each mixed edge's ops see c/K channels, the rest bypass them (supernet only)
+            self.edges = nn.ModuleList(MixedOp(c, 1, ops, partial) for ops in edge_ops)
+        else:
+            self.edges = nn.ModuleList(nn.ModuleList(make_op(op, c, 1, affine) for op in ops) for ops in edge_ops)
         if idle:  # built, never run: PNFS's released cells (input_nodes_num=2 fed one input), for their sizes
             self.idle = nn.ModuleList(nn.ModuleList(make_op(op, c, 1, affine) for op in edge_ops[0])
                                       for _ in range(idle))
         self.out = nn.Conv2d(c, c, 1)
 
     def forward(self, prev: dict[int, torch.Tensor], size: Sequence[int], beta: torch.Tensor | None = None,
-                alpha: torch.Tensor | None = None) -> torch.Tensor:
-        """beta: (3,) softmaxed link weights, alpha: (edges, ops) softmaxed op weights; None: plain sums."""
+                alpha: torch.Tensor | None = None, path: CellPath | None = None) -> torch.Tensor:
+        """beta: (3,) softmaxed link weights, alpha: (edges, ops) softmaxed op weights; None: plain sums.
+        path (the supernet's path mode): (links, op indices per edge); only those run, summed plainly."""
+        if path is not None:
+            return self._path_forward(prev, size, *path)
         tensors = {name: link(prev[source_scale(name, self.scale)], size) for name, link in self.links.items()}
         if beta is None:
             x = sum(tensors.values())
@@ -167,8 +178,18 @@ class FabricCell(nn.Module):
             h = sum(op(x) for ops in self.edges for op in ops)
         else:
             n_ops = alpha.shape[-1]
-            h = sum(n_ops * alpha[e, k] * op(x) for e, ops in enumerate(self.edges) for k, op in enumerate(ops))
+            if self.partial:
+                h = sum(edge(x, n_ops * alpha[e]) for e, edge in enumerate(self.edges))
+            else:
+                h = sum(n_ops * alpha[e, k] * op(x) for e, ops in enumerate(self.edges) for k, op in enumerate(ops))
         return self.out(h)
+
+    def _path_forward(self, prev: dict[int, torch.Tensor], size: Sequence[int], links: Sequence[str],
+                      active: Sequence[Sequence[int]]) -> torch.Tensor:
+        x = F.relu(sum(self.links[name](prev[source_scale(name, self.scale)], size) for name in links))
+        if self.partial:
+            return self.out(sum(edge(x, x.new_ones(len(edge.ops)), active[e]) for e, edge in enumerate(self.edges)))
+        return self.out(sum(self.edges[e][k](x) for e, ks in enumerate(active) for k in ks))
 
 
 class PartHead(nn.Module):
@@ -201,16 +222,23 @@ class PartFabric(nn.Module):
         self.head = PartHead(channels[0], keypoints, head)
 
     def forward(self, maps: list[torch.Tensor], beta: torch.Tensor | None = None,
-                alpha: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
-        """beta: (cells, 3) softmaxed; alpha(i): the (edges, ops) weights of cell number i (forward order)."""
+                alpha: Callable[[int], torch.Tensor] | None = None,
+                path: dict[tuple[int, int], CellPath] | None = None) -> torch.Tensor:
+        """beta: (cells, 3) softmaxed; alpha(i): the (edges, ops) weights of cell number i (forward order);
+        path: the cells to run (a member's), each with its links and ops; the other cells are skipped."""
         sizes = [m.shape[-2:] for m in maps]
         prev = {int(key[1:]): proj(maps[int(key[1:])]) for key, proj in self.proj.items()}
         layer, cur = self.order[0][0], {}
         for i, (j, s) in enumerate(self.order):
             if j != layer:
                 prev, cur, layer = cur, {}, j
+            if path is not None and (j, s) not in path:
+                continue
             cell = self.cells[f"L{j}_S{s}"]
-            cur[s] = cell(prev, sizes[s], None if beta is None else beta[i], None if alpha is None else alpha(i))
+            if path is not None:
+                cur[s] = cell(prev, sizes[s], path=path[(j, s)])
+            else:
+                cur[s] = cell(prev, sizes[s], None if beta is None else beta[i], None if alpha is None else alpha(i))
         return self.head(cur[0])
 
 
@@ -256,22 +284,37 @@ class FabricSupernet(FabricNet):
             for j, s in positions:
                 route = link_sources(depth, cut, j, s)
                 cells[(j, s)] = FabricCell(j, s, space.channels, sorted(set(route.values()), key=LINKS.index), route,
-                                           [space.ops] * edges, affine=False)
+                                           [space.ops] * edges, affine=False, partial=a["partial_channels"])
             fabrics.append(PartFabric(cells, range(min(SCALES, layer_cells(depth, cut) + 1)), space.backbone_channels,
                                       space.channels, len(kps), a["head"]))
         super().__init__(make_backbone(a["backbone"], a["backbone_width"]), fabrics, space.parts, a["num_keypoints"])
         self.primitives, self.input_nodes, self.sharing = tuple(space.ops), edges, a["alpha_sharing"]
+        self._space, self._path = space, None
         rows = edges * (len(positions) if self.sharing == "cell" else 1)
         self.alphas = nn.ParameterDict(
             {f"p{p}": nn.Parameter(1e-3 * torch.randn(rows, len(space.ops))) for p in range(len(space.parts))})
         self.betas = nn.ParameterDict(
             {f"p{p}": nn.Parameter(torch.zeros(len(positions), len(LINKS))) for p in range(len(space.parts))})
 
+    def set_path(self, genotype: Genotype | None) -> None:
+        """Path mode (random search with weight sharing): forward runs only the genotype's cells, links and ops,
+        each summed with weight 1 (alphas and betas unused), about the cost of the built network. None restores
+        the continuous relaxation."""
+        if genotype is None:
+            self._path = None
+            return
+        self._space.validate(genotype)
+        self._path = [{(c["layer"], c["scale"]): (list(c["links"]),
+                                                  [[self.primitives.index(o) for o in edge_ops(e)] for e in c["ops"]])
+                       for c in part["cells"]} for part in genotype.genotype["parts"]]
+
     def cell_alpha(self, weights: torch.Tensor, i: int) -> torch.Tensor:
         """The (edges, ops) rows of cell number i in a part's (rows, ops) alpha table."""
         return weights if self.sharing == "part" else weights[i * self.input_nodes:(i + 1) * self.input_nodes]
 
     def part_args(self, part: int) -> tuple[Any, ...]:
+        if self._path is not None:
+            return None, None, self._path[part]
         alpha = torch.softmax(self.alphas[f"p{part}"], dim=-1)
         return torch.softmax(self.betas[f"p{part}"], dim=-1), lambda i: self.cell_alpha(alpha, i)
 
@@ -287,6 +330,21 @@ class FabricSupernet(FabricNet):
         per-cell softmaxed betas, flattened cell-major to (cells x 3,) (same, finer, coarser per cell)."""
         out = {k: torch.softmax(a.detach(), dim=-1).cpu() for k, a in self.alphas.items()}
         out.update({f"beta_{k}": torch.softmax(b.detach(), dim=-1).flatten().cpu() for k, b in self.betas.items()})
+        return out
+
+    def arch_weight_labels(self) -> dict[str, list[str]]:
+        """A name per entry of arch_weights(), for the trajectory plot (arch_weights.jsonl's "labels"): per
+        alpha row of "p<i>" its edge ("edge 0", or "L3 S1 e0" with alpha_sharing=cell), per beta of
+        "beta_p<i>" its cell and link ("L3 S1 finer"). Cells in the order the betas' rows are read."""
+        order = self.fabrics[0].order
+        if self.sharing == "cell":
+            rows = [f"L{j} S{s} e{e}" for j, s in order for e in range(self.input_nodes)]
+        else:
+            rows = [f"edge {e}" for e in range(self.input_nodes)]
+        links = [f"L{j} S{s} {link}" for j, s in order for link in LINKS]
+        out: dict[str, list[str]] = {}
+        for key in self.alphas:
+            out[key], out[f"beta_{key}"] = list(rows), list(links)
         return out
 
 
@@ -335,9 +393,14 @@ class FabricSpace:
     def __init__(self, depth: int = 5, cut: int = 2, base_width: int = 8, backbone_width: int = 8,
                  input_nodes: int = 1, num_keypoints: int = 17, parts: str | list[list[int]] = "coco_3",
                  ops: Sequence[str] = PNFS_OPS, head: str = "plain", alpha_sharing: str = "part",
-                 link_share: float = 0.4, backbone: str = "small", op_share: float = 1.0, idle_edges: int = 0):
+                 link_share: float = 0.4, backbone: str = "small", op_share: float = 1.0, idle_edges: int = 0,
+                 partial_channels: int | None = None):
         check_args(dict(depth=depth, cut=cut, base_width=base_width, backbone_width=backbone_width,
-                        input_nodes=input_nodes, num_keypoints=num_keypoints, idle_edges=idle_edges), BOUNDS)
+                        input_nodes=input_nodes, num_keypoints=num_keypoints, idle_edges=idle_edges,
+                        partial_channels=partial_channels), BOUNDS)
+        if partial_channels is not None and partial_channels > 1 and base_width % partial_channels:
+            raise BoundError("partial_channels", f"{partial_channels} must divide base_width {base_width} (the "
+                                                 "1/4 cells' channels; the coarser ones are multiples)")
         if not 1 <= cut < depth:
             raise BoundError("cut", f"{cut} must be in [1, depth - 1 = {depth - 1}] (layers cut..depth-1 are searched)")
         self.parts = _plain_parts(parts, num_keypoints)
@@ -358,7 +421,7 @@ class FabricSpace:
                          input_nodes=input_nodes, num_keypoints=num_keypoints,
                          parts=parts if isinstance(parts, str) else self.parts, ops=self.ops, head=head,
                          alpha_sharing=alpha_sharing, link_share=float(link_share), backbone=backbone,
-                         op_share=float(op_share), idle_edges=idle_edges)
+                         op_share=float(op_share), idle_edges=idle_edges, partial_channels=partial_channels)
         self.channels = [base_width * 2 ** s for s in range(SCALES)]
         self.backbone_channels = backbone_channels(backbone, backbone_width)
         self.positions = cell_positions(depth, cut)

@@ -293,3 +293,93 @@ def test_edge_latency_prices_every_op_but_none_on_every_alpha_row(sharing, rows)
     assert set(table) == set(net.alphas) and all(tuple(t.shape) == (rows, 4) for t in table.values())
     assert all(bool((t[:, 0] == 0).all()) and bool((t[:, 1:] > 0).all()) for t in table.values())
     assert space.edge_latency_about((64, 48))["primitives"] == list(space.ops)
+
+
+def test_op_share_keeps_every_op_above_it_and_the_built_edge_sums_them():
+    """Alpha logits (none, skip, dil, sep) = (5, 0, 2, 1): softmax shares 0.930, 0.0063, 0.0463, 0.0170. With
+    op_share 0.01 the edge keeps dil (argmax without none) and sep (0.0171 >= 0.01), not skip (0.0063); with
+    0.02 dil alone."""
+    for share, expected in ((0.01, ["dil_conv_3x3", "sep_conv_3x3"]), (0.02, "dil_conv_3x3")):
+        space = FabricSpace(op_share=share)
+        genotype = space.decode(_hand_set_supernet(space))
+        assert {json_ops(c) for c in genotype.genotype["parts"][0]["cells"]} == {json_ops({"ops": [expected]})}
+    space = FabricSpace(op_share=0.01)
+    net = space.build(space.decode(_hand_set_supernet(space)))
+    edge = net.fabrics[0].cells["L4_S0"].edges[0]
+    assert [type(op).__name__ for op in edge] == ["DilConv", "SepConv"]
+    x = torch.randn(1, 8, 6, 5)
+    assert torch.allclose(net.fabrics[0].cells["L4_S0"].out(edge[0](x) + edge[1](x)),
+                          net.fabrics[0].cells["L4_S0"].out(sum(op(x) for op in edge)))
+
+
+def json_ops(cell: dict) -> str:
+    return repr(cell["ops"])
+
+
+def test_unpruned_keeps_every_cell_link_and_op():
+    """depth 5, cut 2: layers 2, 3, 4 hold 3, 2, 1 cells; layer 2 reads the backbone's four maps, so (2,0) has
+    same + coarser, (2,1) and (2,2) all three; (3,0) same + coarser, (3,1) all three; (4,0) same + coarser."""
+    space = FabricSpace()
+    genotype = space.unpruned()
+    for part in genotype.genotype["parts"]:
+        assert {(c["layer"], c["scale"]): len(c["links"]) for c in part["cells"]} == \
+            {(2, 0): 2, (2, 1): 3, (2, 2): 3, (3, 0): 2, (3, 1): 3, (4, 0): 2}
+        assert all(c["ops"] == [["skip_connect", "dil_conv_3x3", "sep_conv_3x3"]] for c in part["cells"])
+    space.validate(genotype)
+
+
+def test_partial_channels_run_a_quarter_of_the_channels_through_the_ops():
+    """PC-DARTS in the fabric's supernet: K=4 at base width 8 -> the 1/4 cells' ops see 2 channels, the
+    1/8 cells' 4; the supernet still maps images to heatmaps and a DARTS step moves alphas and betas."""
+    space = FabricSpace(depth=4, cut=2, base_width=8, backbone_width=4, partial_channels=4)
+    net = space.supernet()
+    sep = net.fabrics[0].cells["L2_S0"].edges[0].ops[space.ops.index("sep_conv_3x3")]
+    assert sep[0][1].weight.shape == (2, 1, 3, 3)  # depthwise over 8 / 4 channels
+    assert net.fabrics[0].cells["L2_S1"].edges[0].ops[space.ops.index("sep_conv_3x3")][0][1].weight.shape[0] == 4
+    assert net(torch.randn(2, 3, 64, 48)).shape == (2, 17, 16, 12)
+    s = Darts(space, net, KeypointMSELoss(), functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+              functools.partial(torch.optim.Adam, lr=3e-3), epochs=1, steps_per_epoch=2)
+    g = torch.Generator().manual_seed(0)
+    batch = lambda: {"image": torch.randn(2, 3, 32, 32, generator=g), "target": torch.rand(2, 17, 8, 8, generator=g),
+                     "target_weight": torch.ones(2, 17, 1)}
+    before = {n: p.detach().clone() for n, p in net.named_parameters() if n.startswith(("alphas", "betas"))}
+    s.step(batch(), batch())
+    assert all(not torch.equal(before[n], p) for n, p in net.named_parameters() if n in before)
+    genotype = space.decode(net)
+    assert space.build(genotype)(torch.randn(1, 3, 64, 48)).shape == (1, 17, 16, 12)  # full width when built
+    with pytest.raises(BoundError, match="divide base_width"):
+        FabricSpace(base_width=6, partial_channels=4)
+
+
+def test_path_mode_runs_only_the_members_cells_links_and_ops():
+    """depth 3, cut 2: one searched cell, (2,0). Path links [same, coarser], ops dil + sep: each part's heatmaps
+    are head(out(dil(r) + sep(r))) with r = relu(proj_S0(m0) + coarser(proj_S1(m1))), written by hand from the
+    supernet's own modules. A member with the coarser link and skip alone trains neither the ops nor the 1/4
+    projection."""
+    space = FabricSpace(depth=3, cut=2, base_width=4, backbone_width=4)
+    net = space.supernet().eval()
+    cells = [{"layer": 2, "scale": 0, "ops": [["dil_conv_3x3", "sep_conv_3x3"]], "links": ["same", "coarser"]}]
+    genotype = Genotype(space="fabric", space_args=dict(space.args),
+                        genotype={"parts": [{"keypoints": kps, "cells": cells} for kps in space.parts]})
+    x = torch.randn(2, 3, 64, 48)
+    net.set_path(genotype)
+    out = net(x)
+    maps = net.backbone(x)
+    expected = torch.zeros_like(out)
+    for p, (kps, fabric) in enumerate(zip(space.parts, net.fabrics)):
+        cell = fabric.cells["L2_S0"]
+        r = torch.relu(fabric.proj["S0"](maps[0]) + cell.links["coarser"](fabric.proj["S1"](maps[1]), maps[0].shape[-2:]))
+        dil, sep = (cell.edges[0][space.ops.index(o)] for o in ("dil_conv_3x3", "sep_conv_3x3"))
+        expected[:, kps] += fabric.head(cell.out(dil(r) + sep(r)))
+    assert torch.allclose(out, expected, atol=1e-6)
+    other = [{"layer": 2, "scale": 0, "ops": ["skip_connect"], "links": ["coarser"]}]
+    net.set_path(Genotype(space="fabric", space_args=dict(space.args),
+                          genotype={"parts": [{"keypoints": kps, "cells": other} for kps in space.parts]}))
+    net.train()
+    net(x).sum().backward()
+    assert net.alphas["p0"].grad is None and net.betas["p0"].grad is None
+    grads = {n for n, p in net.named_parameters() if p.grad is not None}
+    assert not any(".edges.0.2." in n or ".edges.0.3." in n or "proj.S0" in n for n in grads)  # dil, sep, same
+    assert {"fabrics.0.proj.S1.weight", "fabrics.0.cells.L2_S0.links.coarser.body.0.weight"} <= grads
+    net.set_path(None)
+    assert not torch.allclose(net.eval()(x), out)  # the relaxation again (beta and alpha weights, all ops)

@@ -19,6 +19,9 @@ STRATEGIES = {
     "darts_second_order": ["strategy=darts_second_order", "strategy.warmup_epochs=0"],
     "darts_one_level": ["strategy=darts_one_level", "strategy.warmup_epochs=0"],
     "random": ["strategy=random", "strategy.num_samples=2", "strategy.steps_per_candidate=2"],
+    "random_weight_sharing": ["strategy=random_weight_sharing", "strategy.num_samples=2",
+                              "strategy.supernet_steps=2"],
+    "pnfs_partial_channels": ["strategy=pnfs", "search_space.partial_channels=2"],
 }
 
 

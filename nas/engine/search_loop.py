@@ -206,9 +206,13 @@ def _fmt(value: float | None) -> str:
 
 
 def arch_weights_record(supernet: torch.nn.Module, epoch: int) -> dict:
-    """The supernet's softmaxed architecture weights of this epoch, as plain lists."""
+    """The supernet's softmaxed architecture weights of this epoch, as plain lists; with "labels" ({key: a
+    name per row or entry}) where the supernet names them (`arch_weight_labels()`, e.g. the fabric's cells)."""
     weights = {name: w.tolist() for name, w in supernet.arch_weights().items()}
-    return {"epoch": epoch, "primitives": list(getattr(supernet, "primitives", ())), "weights": weights}
+    record = {"epoch": epoch, "primitives": list(getattr(supernet, "primitives", ())), "weights": weights}
+    if hasattr(supernet, "arch_weight_labels"):
+        record["labels"] = supernet.arch_weight_labels()
+    return record
 
 
 def count_op(tree: Any, name: str) -> int:
