@@ -80,7 +80,7 @@ def report(result: dict) -> str:
     lines = [f"{result['genotype']}  ({result['space']}, {json.dumps(sizes)})",
              f"input {h}x{w}  params {result['params'] / 1e6:.2f}M ({result['params']:,})  "
              f"GFLOPs {result['GFLOPs']:.3f}  activations {result['activation_GB']:.3f} GB at batch 1",
-             f"GFLOPs by the HRNet code's rule (its, SimpleBaseline's and LPN's tables): "
+             f"GFLOPs by the HRNet code's rule (its, SimpleBaseline's, LPN's and PNFS's tables): "
              f"{result['GFLOPs_summary_rule']:.3f}"]
     lat = result.get("latency")
     if lat:

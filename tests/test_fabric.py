@@ -383,3 +383,16 @@ def test_path_mode_runs_only_the_members_cells_links_and_ops():
     assert {"fabrics.0.proj.S1.weight", "fabrics.0.cells.L2_S0.links.coarser.body.0.weight"} <= grads
     net.set_path(None)
     assert not torch.allclose(net.eval()(x), out)  # the relaxation again (beta and alpha weights, all ops)
+
+
+def test_the_yaml_default_is_sized_like_the_kept_darts_cells_genotype():
+    """The CPU default is meant to compare with darts_cells at equal cost: members of the yaml's fabric
+    (base width 24, backbone 16) cost 0.5-1.5x the FLOPs of the kept darts_cells genotype at 96x72."""
+    from estimators.complexity import count_gflops
+    from tests.helpers import REPO_ROOT
+    kept = load(REPO_ROOT / "genotypes" / "darts_cells_synthetic_seed0.json")
+    reference = count_gflops(resolve(kept).build(kept).eval(), (96, 72))
+    space = build_space("fabric", {})
+    for seed in range(3):
+        member = space.build(space.sample(random.Random(seed))).eval()
+        assert 0.5 < count_gflops(member, (96, 72)) / reference < 1.5

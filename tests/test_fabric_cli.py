@@ -12,7 +12,8 @@ from tests.helpers import TINY_DATA, module_cmd, run_env
 
 pytestmark = pytest.mark.slow
 
-FABRIC = ["search_space=fabric", "search_space.depth=4", "search_space.cut=2", "epochs=1",
+FABRIC = ["search_space=fabric", "search_space.depth=4", "search_space.cut=2", "search_space.base_width=8",
+          "search_space.backbone_width=8", "epochs=1",
           "max_steps_per_epoch=2", "batch_size=4", "score_images=4"]
 STRATEGIES = {
     "darts": ["strategy=darts", "strategy.warmup_epochs=0"],
