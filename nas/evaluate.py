@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from nas.budget import check_budget
 from nas.cli import positional_to_override, user_errors
 from nas.config import register
+from nas.data.build_video import refuse_clips
 from nas.engine.checkpoint import load_checkpoint
 from nas.engine.runtime import check_decoder, configure_threads, make_loader, pick_device
 from nas.errors import UserError
@@ -49,6 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     configure_threads(cfg.threads)
     device = pick_device(cfg.device)
     data = _val_data(cfg.data, input_size=state["input_size"], heatmap_size=state["heatmap_size"])
+    refuse_clips(data, "evaluate")
     loader = make_loader(data.val, cfg.eval_batch_size, False, cfg.num_workers)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else path.parent
     preds = predict_coco(model.to(device), loader, device, data.flip_pairs, flip=cfg.flip_test,

@@ -30,6 +30,7 @@ from nas.budget import check_budget
 from nas.cli import positional_to_override, user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
+from nas.data.build_video import refuse_clips
 from nas.engine.checkpoint import load_checkpoint
 from nas.engine import distributed
 from nas.engine.precision import autocast, check_amp
@@ -66,6 +67,7 @@ def retrain(cfg: DictConfig) -> dict:
     input_size = list(cfg.input_size or genotype.input_size)
     heatmap_size = list(cfg.heatmap_size or genotype.heatmap_size)
     data = instantiate(cfg.data, input_size=input_size, heatmap_size=heatmap_size)
+    refuse_clips(data, "retrain")
     seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG
     model = space.build(genotype)
     if space.args.get("num_keypoints", data.num_keypoints) != data.num_keypoints:

@@ -22,6 +22,7 @@ from nas.cli import user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
 from nas.data.build import split_by_image
+from nas.data.build_video import refuse_clips
 from nas.engine import distributed
 from nas.engine.precision import check_amp
 from nas.engine.preemption import StopRequests, clear_interrupted
@@ -43,6 +44,7 @@ def search(cfg: DictConfig) -> Path:
     early_stop = EarlyStop(_early_stop_rule(cfg))
     configure_threads(cfg.threads)
     data = instantiate(cfg.data)
+    refuse_clips(data, "search")
     seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG
     space = instantiate(cfg.search_space)
     if early_stop.rule is not None:  # a rule that cannot read this space's genotypes fails here

@@ -3,8 +3,9 @@
 Without split=, inspects every split whose annotations exist and names the missing ones. Loads every
 sample of the chosen split(s) through the real pipeline, with no model, and prints the
 counts, the round-trip score of the ground truth (encoded to targets, decoded with the quarter offset
-and with DARK) and the loading speed; writes summary.json and a few PNGs to out_dir. Logic in
-nas/data/inspect.py.
+and with DARK) and the loading speed; writes summary.json and a few PNGs to out_dir. On video data
+(data=posetrack) it counts videos, frames, labelled frames, tracks, instances and clips, and draws clips.
+Logic in nas/data/inspect.py.
 """
 from __future__ import annotations
 

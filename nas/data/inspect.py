@@ -9,6 +9,9 @@ sample through the dataset's own `__getitem__` with a DataLoader and reports:
   image coordinates (quarter offset, DARK, beta-soft-argmax) and scored with the dataset's own metric. A perfect
   encoder/decoder pair scores AP 1.0 / PCKh 100; what is lost here is lost by every model trained on it;
 - loading throughput; and a few PNGs of crops with the targets and the skeleton drawn on them.
+A split of clips (data=posetrack, a ClipDataset) reports videos, frames, labelled frames, tracks, instances
+and clips instead, scores the round trip of its clips' frames on the people those clips hold, and draws each
+PNG as a clip's frames side by side (`inspect_clip_split`).
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from torch.utils.data._utils.collate import default_collate
 
 from nas.data.build import build_splits
 from nas.data.topdown import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError
+from nas.data.posetrack import evaluate_posetrack
+from nas.data.video_clips import ClipDataset, covered_videos, unique_results, video_counts
 from nas.data.keypoints import COCO_SKELETON, NUM_COCO_KEYPOINTS
 from nas.engine.runtime import configure_threads
 from nas.errors import UserError
@@ -53,7 +58,9 @@ class _Guarded(Dataset):
         try:
             return self.dataset[index]
         except (UnreadableImageError, OSError) as err:
-            path = getattr(self.dataset.samples[index], "image_path", None)
+            path = getattr(err, "path", None)  # a clip dataset names the failing frame on the error
+            if path is None:
+                path = getattr(self.dataset.samples[index], "image_path", None)
             return {"error": str(path) if path is not None else str(err), "index": index,
                     "message": str(err)}
 
@@ -216,6 +223,100 @@ def inspect_split(dataset: Any, name: str, out_dir: Path, batch_size: int, num_w
     }
 
 
+def draw_clip(images: torch.Tensor, targets: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
+    """The L frames of a clip side by side (each as `draw_sample` draws a crop), split by white bars."""
+    pictures = [draw_sample(image, target, weight, sigma) for image, target, weight in zip(images, targets, weights)]
+    bar = np.full((pictures[0].shape[0], 2, 3), 255, dtype=np.uint8)
+    return np.concatenate([part for picture in pictures for part in (picture, bar)][:-1], axis=1)
+
+
+def inspect_clip_split(dataset: ClipDataset, name: str, out_dir: Path, batch_size: int, num_workers: int,
+                       max_samples: int | None, num_images: int, round_trip: bool) -> dict[str, Any]:
+    """`inspect_split` for clips of videos: the video counts, every clip (up to `max_samples`) loaded once,
+    the round trip of its frames scored on the people the loaded clips hold, PNGs of whole clips."""
+    total = len(dataset)
+    count = total if max_samples is None else min(total, int(max_samples))
+    if count == 0:
+        raise UserError(f"the {name} split holds no clip of {dataset.clip_length} consecutive labelled frames "
+                        "of one track; check data.root and the annotations, or lower data.clip_length")
+    loader = DataLoader(_Guarded(dataset, range(count)), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_collate, persistent_workers=False)
+    results: dict[str, list[dict]] = {"quarter": [], "dark": [], "soft_argmax": []}
+    errors = {method: 0.0 for method in results}
+    unreadable: dict[str, str] = {}
+    failed, saved, decode_s, visible_joints, loaded = 0, 0, 0.0, 0, []
+    start = time.perf_counter()
+    for item in loader:
+        for error in item["errors"]:
+            failed += 1
+            unreadable.setdefault(error["error"], error["message"])
+        batch = item["batch"]
+        if batch is None:
+            continue
+        for skipped in batch["meta"]["skipped"]:  # train mode: a clip replaced by the next readable one
+            paths = [path for path in str(skipped).split("\n") if path]
+            failed += bool(paths)
+            for path in paths:
+                unreadable.setdefault(path, "skipped by the dataset")
+        clips = [dataset.clips[int(i)] for i in batch["index"]]
+        loaded += clips
+        targets, weights = batch["targets"].numpy(), batch["target_weights"].numpy()  # (B, L, K, ...)
+        visible_joints += int((weights > 0).sum())
+        for j in range(min(len(clips), num_images - saved)):
+            picture = draw_clip(batch["images"][j], targets[j], weights[j], dataset.sigma)
+            cv2.imwrite(str(out_dir / f"{name}_{saved:02d}_clip{int(batch['index'][j])}.png"), picture)
+            saved += 1
+        if round_trip:
+            t0 = time.perf_counter()
+            length = targets.shape[1]
+            flat = targets.reshape(-1, *targets.shape[2:])
+            meta = {"image_id": batch["image_ids"].reshape(-1), "scale": batch["scales"].reshape(-1, 2)}
+            tracks = batch["track_id"].repeat_interleave(length).tolist()
+            gt = np.stack([r.keypoints[:, :2] for clip in clips for r in clip.frames])
+            seen = weights.reshape(len(flat), -1) > 0
+            for method in results:
+                preds, maxvals = decode_heatmaps(flat, batch["centers"].reshape(-1, 2).numpy(),
+                                                 meta["scale"].numpy(), method=method, sigma=dataset.sigma)
+                errors[method] += float(np.linalg.norm(preds - gt, axis=2)[seen].sum())
+                entries = results_from_predictions(preds, maxvals, meta)
+                for entry, track in zip(entries, tracks):
+                    entry["track_id"] = int(track)
+                results[method] += entries
+            decode_s += time.perf_counter() - t0
+    wall = time.perf_counter() - start
+    load_s = max(wall - decode_s, 1e-9)
+    scores: dict[str, dict[str, float]] = {}
+    if round_trip and loaded:
+        truth = covered_videos(dataset.videos, loaded)
+        scores = {method: {k: v for k, v in evaluate_posetrack(truth, unique_results(entries)).items()
+                           if isinstance(v, (int, float))} for method, entries in results.items()}
+    in_clips = {(int(r.image_id), clip.track_id) for clip in dataset.clips for r in clip.frames}
+    return {
+        "split": name, "kind": "clips", **video_counts(dataset.videos),
+        "dropped": dict(dataset.dropped),
+        "clip_length": dataset.clip_length, "clip_stride": dataset.clip_stride,
+        "clips": total, "clips_inspected": count, "clips_loaded": len(loaded),
+        "instances_in_clips": len(in_clips),
+        "visible_joints": visible_joints,
+        "unreadable_images": len(unreadable),
+        "unreadable_clips": failed,
+        "unreadable_paths": sorted(unreadable)[:MAX_LISTED],
+        "primary_metric": "AP",
+        "round_trip": {method: s.get("AP") for method, s in scores.items()} if round_trip else None,
+        "round_trip_metrics": scores if round_trip else None,
+        "round_trip_error_px": {method: e / max(visible_joints, 1) for method, e in errors.items()}
+        if round_trip else None,
+        "round_trip_note": "scored on the people of the loaded clips" if round_trip
+        else "augmented split: targets are of transformed crops",
+        "sigma": dataset.sigma,
+        "wall_s": round(wall, 3),
+        "load_s": round(load_s, 3),
+        "clips_per_s": round((len(loaded) + failed) / load_s, 1),
+        "images_written": saved,
+        "capped": count < total,
+    }
+
+
 def inspect_data(cfg: DictConfig) -> dict[str, Any]:
     """Build `cfg.data`, inspect the chosen split(s), write summary.json; returns the summary."""
     if cfg.split is not None and cfg.split not in SPLITS:
@@ -242,8 +343,9 @@ def inspect_data(cfg: DictConfig) -> dict[str, Any]:
             else:  # the same pipeline, augmentation off, on a copy (the PoseData is left as built)
                 dataset = copy.copy(dataset)
                 dataset.train = False
-        splits.append(inspect_split(dataset, name, out_dir, cfg.batch_size, cfg.num_workers,
-                                    cfg.max_samples, cfg.num_images, round_trip))
+        inspect = inspect_clip_split if isinstance(dataset, ClipDataset) else inspect_split
+        splits.append(inspect(dataset, name, out_dir, cfg.batch_size, cfg.num_workers,
+                              cfg.max_samples, cfg.num_images, round_trip))
     summary = {"data": getattr(data, "name", None), "input_size": list(data.input_size),
                "heatmap_size": list(data.heatmap_size), "build_s": round(build_s, 3),
                "wall_s": round(time.perf_counter() - start, 3), "out_dir": str(out_dir),
@@ -263,6 +365,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"data {summary['data']}  input {summary['input_size']}  heatmap {summary['heatmap_size']}  "
              f"built in {summary['build_s']:.1f} s"]
     for s in summary["splits"]:
+        if s.get("kind") == "clips":
+            lines += format_clip_split(s)
+            continue
         dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "none reported"
         images = f"{s['images_loaded']}" + (f" (of {s['images_in_annotations']} in the annotations)"
                                             if s["images_in_annotations"] is not None else "")
@@ -295,3 +400,30 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [f"[{name}] missing, not inspected: {why}" for name, why in summary["missing_splits"].items()]
     lines.append(f"wrote {summary['out_dir']}/summary.json")
     return "\n".join(lines)
+
+
+def format_clip_split(s: dict[str, Any]) -> list[str]:
+    """The report lines of one split of clips (`inspect_clip_split`)."""
+    dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items() if v) or "none"
+    lines = [f"[{s['split']}]",
+             f"  videos          {s['videos']}  (frames {s['frames']}, labelled {s['labelled_frames']})",
+             f"  tracks          {s['tracks']}",
+             f"  instances       {s['instances']} in labelled frames  (not usable for clips: {dropped})",
+             f"  clips           {s['clips']} of {s['clip_length']} frames, stride {s['clip_stride']}, holding "
+             f"{s['instances_in_clips']} instances" +
+             (f" (first {s['clips_inspected']} inspected)" if s["capped"] else ""),
+             f"  unreadable      {s['unreadable_images']} image files ({s['unreadable_clips']} clips skipped)"]
+    lines += [f"    {path}" for path in s["unreadable_paths"]]
+    if s["round_trip"] is not None:
+        rt, err = s["round_trip"], s["round_trip_error_px"]
+        lines += [f"  round-trip AP   quarter {_score(rt.get('quarter'), 'AP')}  dark {_score(rt.get('dark'), 'AP')}  "
+                  f"soft_argmax {_score(rt.get('soft_argmax'), 'AP')}  (GT -> targets -> decode, sigma "
+                  f"{s['sigma']:g}, {s['round_trip_note']})",
+                  f"  mean error px   quarter {err['quarter']:.3f}  dark {err['dark']:.3f}  "
+                  f"soft_argmax {err['soft_argmax']:.3f}  (image pixels, over {s['visible_joints']} joints "
+                  "with a target)"]
+    else:
+        lines.append(f"  round-trip      skipped ({s['round_trip_note']})")
+    lines.append(f"  throughput      {s['clips_per_s']:.1f} clips/s  (wall {s['wall_s']:.2f} s, "
+                 f"{s['images_written']} PNGs)")
+    return lines
