@@ -49,7 +49,7 @@ def synthetic_coco_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_coco(synthetic_coco_root) -> CocoSet:
-    from nas.data.synthetic_detections import DETECTIONS_FILE
+    from nas.data.synthetic import DETECTIONS_FILE
     return CocoSet(synthetic_coco_root, "val", DETECTIONS_FILE.format(split="val"))
 
 

@@ -99,3 +99,8 @@ class TermAtFirstLoss(nn.Module):
         if self.calls == 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return self.loss(pred, target, weight)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (relative path -> bytes): two generated datasets compare equal when their bytes do."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

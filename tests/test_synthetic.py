@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from nas.data import synthetic
+from nas.data.synthetic import images as synthetic
 from nas.data.keypoints import COCO_KEYPOINTS, coco_category
 from nas.data.synthetic import (SyntheticSpec, dataset_name, default_cache_dir, ensure_synthetic,
                                 generate, label_keypoints)
-from nas.data.synthetic_person import PART_ID
-from nas.data.synthetic_skeleton import Pose
+from nas.data.synthetic.person import PART_ID
+from nas.data.synthetic.skeleton import Pose
 from nas.errors import UserError
+from tests.helpers import tree_bytes
 
 SIZE = 128
 SPEC = SyntheticSpec(num_train=40, num_val=6, image_size=(SIZE, SIZE), max_people=4, seed=3)
@@ -190,18 +191,14 @@ def test_label_keypoints_reads_who_is_drawn_at_the_joint():
     assert back[:3].tolist() == [[0, 0, 0]] * 3 and (back[3:5, 2] > 0).all()
 
 
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     generate(tmp_path / "a", TINY, progress=False)
     generate(tmp_path / "b", TINY, progress=False)
-    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    a, b = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b")
     # the images, and per split an annotation file and a person-detection file
     assert len(a) == TINY.num_train + TINY.num_val + 4 and a == b
     generate(tmp_path / "c", replace(TINY, seed=2), progress=False)
-    c = _files(tmp_path / "c")
+    c = tree_bytes(tmp_path / "c")
     assert a.keys() == c.keys()
     assert all(a[name] != c[name] for name in a if name.endswith(".jpg"))
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from nas.data.keypoints import COCO_KEYPOINTS
-from nas.data.synthetic_skeleton import Pose, rotate
+from nas.data.synthetic.skeleton import Pose, rotate
 
 PARTS: tuple[str, ...] = (
     "head", "torso", "neck", "left_upper_arm", "left_forearm", "right_upper_arm", "right_forearm",

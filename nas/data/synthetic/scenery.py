@@ -1,4 +1,4 @@
-"""Backgrounds, clutter and occluding objects for the synthetic keypoint dataset.
+"""Backgrounds, clutter and occluding objects for the synthetic keypoint datasets.
 
 Backgrounds mix a colour gradient, low-frequency blotches, sometimes stripes, pixel noise and clutter
 shapes (boxes, ellipses, lines). Clutter and occluders use `neutral_color`, never the strong
@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from nas.data.synthetic_person import SHIFT, fixed_point, hsv_bgr, neutral_color
+from nas.data.synthetic.person import SHIFT, fixed_point, hsv_bgr, neutral_color
 
 
 def _gradient(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -88,12 +88,24 @@ def _occluder_polygon(rng: np.random.Generator, center: np.ndarray, size: float)
     return corners @ rot.T + center
 
 
-def draw_occluder(rng: np.random.Generator, image: np.ndarray, owner: np.ndarray,
-                  center: np.ndarray, size: float, owner_value: int) -> None:
-    """Paint an object around `center` into `image` and mark its pixels `owner_value` in `owner`."""
-    pts = np.array([fixed_point(p) for p in _occluder_polygon(rng, center, size)], dtype=np.int32)[None]
-    color = neutral_color(rng)
+def sample_occluder(rng: np.random.Generator, center: np.ndarray,
+                    size: float) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The corners (N, 2) and neutral colour of an object of about `size` px across around `center`."""
+    return _occluder_polygon(rng, center, size), neutral_color(rng)
+
+
+def paint_occluder(image: np.ndarray, owner: np.ndarray, corners: np.ndarray, color: tuple[int, int, int],
+                   owner_value: int) -> None:
+    """Paint the object with `corners` (N, 2) into `image` and mark its pixels `owner_value` in `owner`."""
+    pts = np.array([fixed_point(p) for p in corners], dtype=np.int32)[None]
     cv2.fillPoly(image, pts, color, cv2.LINE_AA, SHIFT)
     edge = tuple(int(c * 0.6) for c in color)
     cv2.polylines(image, pts, True, edge, 1, cv2.LINE_AA, SHIFT)
     cv2.fillPoly(owner, pts, owner_value, cv2.LINE_8, SHIFT)
+
+
+def draw_occluder(rng: np.random.Generator, image: np.ndarray, owner: np.ndarray,
+                  center: np.ndarray, size: float, owner_value: int) -> None:
+    """Paint an object around `center` into `image` and mark its pixels `owner_value` in `owner`."""
+    corners, color = sample_occluder(rng, center, size)
+    paint_occluder(image, owner, corners, color, owner_value)

@@ -1,26 +1,23 @@
 """The built-in synthetic multi-person keypoint dataset, written in COCO format and cached on disk.
 
-Each image holds 1..max_people stick-figure people (see `synthetic_skeleton` for the kinematics and
-`synthetic_person` for the drawing) on a cluttered background, some overlapping, some cut by the
+Each image holds 1..max_people stick-figure people (see `skeleton` for the kinematics and `person`
+for the drawing) on a cluttered background, some overlapping, some cut by the
 image border, some behind an occluding object. Labels follow COCO: a keypoint outside the image is
 (0, 0, 0); one hidden behind another person, an object or the person's own body is v=1; one seen is
 v=2. Hidden or seen is read from a map of who owns each pixel, filled while drawing, never guessed.
 A person's box is that of its whole silhouette inside the image (not reduced by people or
-objects in front of it); its area is a COCO-like share of the box (AREA_PER_BOX). Keypoints are in pixel-index coordinates (pixel centres at integers, as
-COCO keypoints are usually read); a box [x, y, w, h] covers pixel columns x .. x + w - 1.
+objects in front of it); its area is a COCO-like share of the box (AREA_PER_BOX). Keypoints are in
+pixel-index coordinates (pixel centres at integers, as COCO keypoints are usually read); a box
+[x, y, w, h] covers pixel columns x .. x + w - 1.
 
 Layout (mirrors COCO's `train2017/` and `annotations/person_keypoints_train2017.json`):
     root/annotations/person_keypoints_{train,val}.json
     root/{train,val}/000000000001.jpg ...
-    root/person_detection_results/synthetic_{train,val}_detections.json   (see synthetic_detections)
+    root/person_detection_results/synthetic_{train,val}_detections.json   (see detections)
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,11 +25,11 @@ import cv2
 import numpy as np
 
 from nas.data.keypoints import NUM_COCO_KEYPOINTS, coco_category
-from nas.data.synthetic_detections import DETECTION_STREAM, DETECTIONS_FILE, detect
-from nas.data.synthetic_person import KEYPOINT_PARTS, draw_person, sample_look
-from nas.data.synthetic_scenery import draw_background, draw_occluder
-from nas.data.synthetic_skeleton import Pose, sample_pose
-from nas.errors import UserError
+from nas.data.synthetic.cache import default_cache_dir, ensure_generated, spec_digest
+from nas.data.synthetic.detections import DETECTION_STREAM, DETECTIONS_FILE, detect
+from nas.data.synthetic.person import KEYPOINT_PARTS, draw_person, sample_look
+from nas.data.synthetic.scenery import draw_background, draw_occluder
+from nas.data.synthetic.skeleton import Pose, sample_pose
 
 GENERATOR_VERSION = 4          # bump when the rendering or the files written change, so caches regenerate
 SPLITS = ("train", "val")
@@ -189,53 +186,18 @@ def generate(root: Path, spec: SyntheticSpec, progress: bool = True) -> None:
         _write_split(root, spec, split_index, count, tick)
 
 
-def default_cache_dir() -> Path:
-    """$POSENAS_CACHE if set, else ~/.cache/posenas."""
-    env = os.environ.get("POSENAS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "posenas"
-
-
 def dataset_name(spec: SyntheticSpec) -> str:
     """The cache directory name of `spec`: generator version and a short hash of every field."""
-    digest = hashlib.sha1(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
-    return f"synthetic-v{GENERATOR_VERSION}-{digest}"
+    return f"synthetic-v{GENERATOR_VERSION}-{spec_digest(spec)}"
 
 
 def _is_complete(root: Path) -> bool:
     return all((root / "annotations" / f"person_keypoints_{s}.json").is_file() for s in SPLITS)
 
 
-def _generate_in_place(spec: SyntheticSpec, root: Path) -> None:
-    """Generate into a hidden temporary sibling of `root`, then rename it to `root` (atomic)."""
-    for stale in root.parent.glob(f".{root.name}.tmp-*"):   # left by a killed run; we hold the lock
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    h, w = spec.image_size
-    print(f"posenas: generating synthetic keypoint data ({spec.num_train} train + {spec.num_val} val "
-          f"images, {h}x{w}) in {root}", flush=True)
-    try:
-        generate(tmp, spec)
-        os.rename(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def ensure_synthetic(spec: SyntheticSpec, cache_dir: str | Path | None = None) -> Path:
-    """Return the dataset root for spec, generating it on first use, reusing it afterwards.
-
-    Generation runs under an exclusive file lock and only a complete dataset is renamed into place,
-    so a killed run leaves no half dataset and a second process waits, then reuses the first's.
-    """
+    """Return the dataset root for spec, generating it on first use, reusing it afterwards (see `cache`)."""
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    root = cache / dataset_name(spec)
-    if _is_complete(root):
-        return root
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)        # released when the file closes
-        if root.exists() and not _is_complete(root):
-            raise UserError(f"{root} exists but is not a complete synthetic dataset; delete it and "
-                            "run again")
-        if not root.exists():
-            _generate_in_place(spec, root)
-    return root
+    h, w = spec.image_size
+    announce = (f"synthetic keypoint data ({spec.num_train} train + {spec.num_val} val images, {h}x{w})")
+    return ensure_generated(cache / dataset_name(spec), _is_complete, lambda tmp: generate(tmp, spec), announce)
