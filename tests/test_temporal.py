@@ -1,0 +1,167 @@
+"""The temporal space's network (ViPNAS temporal level): online step = clip forward, fusion that starts as
+the identity, the key/light schedule, detached propagation, warped heatmaps, and the genotype checks."""
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+
+from nas.genotype import Genotype, GenotypeError, load, save
+from search_spaces.temporal import FUSION_OPS, FusedLightNet, HeatmapFusion, TemporalSpace
+
+
+@pytest.fixture(scope="module")
+def space():
+    return TemporalSpace(cycle_choices=[2], fusion_op_choices=list(FUSION_OPS))
+
+
+def _member(space, seed=0, **frame):
+    genotype = space.sample(random.Random(seed))
+    for f in genotype.genotype["frames"]:
+        f.update(frame)
+    return genotype
+
+
+def _translations(batch: int, length: int, shift: float = 4.0) -> torch.Tensor:
+    """Crops that move `shift` input pixels right per frame: image -> input affines (x' = x - t * shift)."""
+    a = torch.zeros(batch, length, 2, 3)
+    a[..., 0, 0] = a[..., 1, 1] = 1.0
+    a[..., 0, 2] = -shift * torch.arange(length, dtype=torch.float32)
+    return a
+
+
+def _perturb_fusions(net) -> None:
+    """Fusion convs start at zero (a no-op); give them weights so the tests see the heatmaps used."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for light in net.lights:
+            light.fusion.proj.weight.add_(0.1 * torch.randn(light.fusion.proj.weight.shape, generator=g))
+
+
+@pytest.mark.parametrize("warp", [False, True])
+def test_online_step_gives_the_clip_forward(space, warp):
+    net = space.build(_member(space)).eval()
+    _perturb_fusions(net)
+    x = torch.randn(2, 5, 3, 96, 72)
+    affines = _translations(2, 5) if warp else None
+    with torch.no_grad():
+        clip = net(x, affines)
+        net.reset()
+        online = torch.stack([net.step(x[:, t], None if affines is None else affines[:, t]) for t in range(5)], 1)
+    assert clip.shape == (2, 5, 17, 24, 18)
+    assert torch.allclose(clip, online, atol=1e-6)
+
+
+def test_key_frames_every_cycle_plus_one_and_they_ignore_the_past(space):
+    """T = 2: frames 0 and 3 are key frames; a key frame's heatmaps are the key network's on that frame alone."""
+    net = space.build(_member(space)).eval()
+    assert [net.frame_net(t) for t in range(7)] == ["key", "light0", "light1", "key", "light0", "light1", "key"]
+    x = torch.randn(1, 4, 3, 96, 72)
+    with torch.no_grad():
+        out = net(x)
+        assert torch.allclose(out[:, 3], net.key(x[:, 3]), atol=1e-6)
+        y = x.clone()
+        y[:, :3] = torch.randn(1, 3, 3, 96, 72)  # other earlier frames: the key frame is unchanged
+        assert torch.allclose(net(y)[:, 3], out[:, 3], atol=1e-6)
+
+
+@pytest.mark.parametrize("op", FUSION_OPS)
+def test_a_fused_light_network_starts_as_the_one_without_fusion(space, op):
+    """Zero projection (add, mul) or the identity on the features (cat): at initialisation the heatmaps do not
+    change the output; after one gradient step on the fusion they do."""
+    genotype = _member(space, fusion_op=op, fusion_stage=1)
+    net = space.build(genotype).eval()
+    light = net.lights[0]
+    image, heat = torch.randn(2, 3, 96, 72), torch.rand(2, 17, 24, 18)
+    assert torch.allclose(light(image, heat), light(image, None), atol=1e-6)
+    light(image, heat).square().mean().backward()
+    assert light.fusion.proj.weight.grad.abs().sum() > 0
+
+
+def test_fusion_ops_by_hand():
+    """1 channel, 1 keypoint, projection weight 2 and bias 0.5: add x + 2h + 0.5; mul x (1 + 2h + 0.5);
+    cat with Q = [w_x, w_h] = [1, 3] and bias 0: x + 3h."""
+    x, h = torch.tensor([[[[1.0, -2.0]]]]), torch.tensor([[[[0.5, 1.0]]]])
+    expected = {"add": x + 2 * h + 0.5, "mul": x * (1 + 2 * h + 0.5), "cat": x + 3 * h}
+    for op in FUSION_OPS:
+        fusion = HeatmapFusion(op, 1, 1)
+        with torch.no_grad():
+            if op == "cat":
+                fusion.proj.weight.copy_(torch.tensor([1.0, 3.0]).view(1, 2, 1, 1))
+            else:
+                fusion.proj.weight.fill_(2.0)
+                fusion.proj.bias.fill_(0.5)
+        assert torch.allclose(fusion(x, h), expected[op]), op
+
+
+def test_the_fused_map_is_the_chosen_stage(space):
+    """Stage s of the light network: its map's width is the fusion's channel count, and heatmaps reach the
+    output only through that stage (changing stage changes the fusion's width where widths differ)."""
+    genotype = _member(space, fusion_stage=0)
+    light = space.light.build(Genotype(space=space.light.name, space_args={},
+                                       genotype=genotype.genotype["frames"][0]["light"]))
+    widths = [FusedLightNet(light, s, "add", 17).fusion.proj.out_channels for s in range(space.light.num_stages + 1)]
+    stem = genotype.genotype["frames"][0]["light"]["stem"]["width"]
+    stages = [st["width"] for st in genotype.genotype["frames"][0]["light"]["stages"]]
+    assert widths == [stem] + stages
+
+
+def test_propagated_heatmaps_are_detached(space):
+    """Frame 1's loss trains light network 0 but not the key network that produced frame 0's heatmaps."""
+    net = space.build(_member(space)).train()
+    _perturb_fusions(net)
+    out = net(torch.randn(2, 2, 3, 96, 72))
+    out[:, 1].sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in net.key.parameters())  # (zeros through the stack)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.lights[0].parameters())
+
+
+def test_warped_heatmaps_follow_the_crop(space):
+    """A peak at heatmap (x=10, y=12) of frame 0; frame 1's crop is 8 input pixels (2 heatmap pixels) further
+    right, so the heatmap the light network receives peaks at x = 8."""
+    from nas.data.video_clips import warp_heatmaps
+    heat = torch.zeros(1, 17, 24, 18)
+    heat[0, 3, 12, 10] = 1.0
+    affines = _translations(1, 2, shift=8.0)
+    warped = warp_heatmaps(heat, affines[:, 0], affines[:, 1], (96, 72), (24, 18))
+    y, x = divmod(int(warped[0, 3].argmax()), 18)
+    assert (y, x) == (12, 8)
+
+
+def test_round_trip_through_a_file(space, tmp_path):
+    genotype = _member(space, seed=3)
+    save(genotype, tmp_path / "t.json")
+    loaded = load(tmp_path / "t.json")
+    assert loaded.genotype == genotype.genotype
+    a, b = space.build(genotype), space.build(loaded)
+    assert [k for k in a.state_dict()] == [k for k in b.state_dict()]
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda g: g.update(cycle=5), "genotype.cycle"),
+    (lambda g: g["frames"].pop(), "genotype.frames"),
+    (lambda g: g["frames"][1].update(fusion_op="concat"), "genotype.frames[1].fusion_op"),
+    (lambda g: g["frames"][0].update(fusion_stage=9), "genotype.frames[0].fusion_stage"),
+    (lambda g: g["frames"][0]["light"]["stem"].update(width=999), "genotype.frames[0].light"),
+    (lambda g: g["key"].update(space="nope"), "genotype.key"),
+    (lambda g: g.pop("key"), "genotype"),
+])
+def test_validate_names_the_bad_field(space, edit, field):
+    genotype = _member(space)
+    bad = copy.deepcopy(genotype.genotype)
+    edit(bad)
+    with pytest.raises(GenotypeError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        space.validate(Genotype(space="temporal", space_args=genotype.space_args, genotype=bad))
+
+
+def test_space_args_are_checked():
+    with pytest.raises(Exception, match="cycle_choices"):
+        TemporalSpace(cycle_choices=[0])
+    with pytest.raises(Exception, match="fusion_op_choices"):
+        TemporalSpace(fusion_op_choices=["concat"])
+    with pytest.raises(Exception, match="light_space"):
+        TemporalSpace(light_space="darts_cells")
+    with pytest.raises(Exception, match="not found"):
+        TemporalSpace(key="no/such/genotype.json")
