@@ -135,6 +135,20 @@ class TemporalPoseNet(nn.Module):
     def reset(self) -> None:
         self._t, self._heat, self._affine = 0, None, None
 
+    def freeze_key(self) -> "TemporalPoseNet":
+        """Train the light networks only: the key network's weights stop learning and its BatchNorm
+        statistics stay as they are (it stays in eval mode whatever `train()` is asked)."""
+        self.key_frozen = True
+        for p in self.key.parameters():
+            p.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "TemporalPoseNet":
+        super().train(mode)
+        if getattr(self, "key_frozen", False):
+            self.key.eval()
+        return self
+
     def frame_net(self, t: int) -> str:
         """'key' or 'light<i>' for frame t of a video."""
         i = t % (self.cycle + 1)

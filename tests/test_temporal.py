@@ -165,3 +165,36 @@ def test_space_args_are_checked():
         TemporalSpace(light_space="darts_cells")
     with pytest.raises(Exception, match="not found"):
         TemporalSpace(key="no/such/genotype.json")
+
+
+def test_a_frozen_key_network_stays_in_eval_mode_and_does_not_learn(space):
+    net = space.build(_member(space)).freeze_key()
+    net.train()
+    assert not net.key.training and net.lights[0].training
+    assert all(not p.requires_grad for p in net.key.parameters())
+    stats = {k: v.clone() for k, v in net.key.state_dict().items() if "running_mean" in k}
+    net(torch.randn(2, 2, 3, 96, 72))
+    assert all(torch.equal(stats[k], net.key.state_dict()[k]) for k in stats)  # BN statistics untouched
+
+
+def test_clip_losses_score_the_frames_they_should():
+    """frames_loss: every frame of every clip on its own; temporal_loss: only the light frames while the key
+    network is frozen (cycle 1: frames 1 and 3 of a 4-frame clip), all frames with train_key."""
+    from nas.engine.clips import frames_loss, temporal_loss
+    from nas.pose.loss import KeypointMSELoss
+
+    class Fake(torch.nn.Module):  # heatmaps = frame index t everywhere; cycle 1 (key, light, key, light)
+        cycle = 1
+
+        def forward(self, images, affines=None):
+            if images.dim() == 4:  # a batch of frames for frames_loss: (B * L, ...), frame index = row % L
+                t = torch.arange(images.shape[0]) % 4
+                return t.float().view(-1, 1, 1, 1).expand(-1, 2, 3, 3)
+            return torch.arange(images.shape[1]).float().view(1, -1, 1, 1, 1).expand(images.shape[0], -1, 2, 3, 3)
+
+    batch = {"images": torch.zeros(2, 4, 3, 8, 8), "affines": torch.zeros(2, 4, 2, 3),
+             "targets": torch.zeros(2, 4, 2, 3, 3), "target_weights": torch.ones(2, 4, 2, 1)}
+    mse = KeypointMSELoss()  # 0.5 x mean over joints of the per-pixel mean squared error
+    assert float(frames_loss(mse)(Fake(), batch)) == pytest.approx(0.5 * (0 + 1 + 4 + 9) / 4)
+    assert float(temporal_loss(mse)(Fake(), batch)) == pytest.approx(0.5 * (1 + 9) / 2)
+    assert float(temporal_loss(mse, train_key=True)(Fake(), batch)) == pytest.approx(0.5 * (0 + 1 + 4 + 9) / 4)

@@ -51,10 +51,13 @@ class Trainer:
                  grad_clip: float | None = None, best_extra: dict[str, Any] | None = None,
                  primary_metric: str = "AP", bad_images: BadImageMonitor | None = None,
                  amp: str | None = None, train_net: nn.Module | None = None,
-                 stops: StopRequests | None = None, tracker: Any = None, schedule: dict[str, Any] | None = None):
+                 stops: StopRequests | None = None, tracker: Any = None, schedule: dict[str, Any] | None = None,
+                 loss_fn: Callable[[nn.Module, dict[str, Any]], torch.Tensor] | None = None):
         """`schedule`: keyword arguments of `nas.engine.schedule.make_scheduler` (kind, steps, factor,
-        warmup_iters, warmup_ratio); default cosine annealing to `lr_min`."""
-        self.model, self.criterion, self.optimizer = model, criterion, optimizer
+        warmup_iters, warmup_ratio); default cosine annealing to `lr_min`. `loss_fn(net, batch)`: the loss of
+        a batch that is not one of images (clips of video: nas.engine.clips); default the network's heatmaps
+        on batch["image"] against its targets."""
+        self.model, self.criterion, self.optimizer, self.loss_fn = model, criterion, optimizer, loss_fn
         self.net = model if train_net is None else train_net  # what trains: the model, its DDP or compiled form
         self.best_extra = dict(best_extra or {})  # stored in best.pt, e.g. the genotype
         self.scheduler = make_scheduler(optimizer, **{"kind": "cosine", **(schedule or {})}, epochs=epochs,
@@ -130,9 +133,13 @@ class Trainer:
         return total / max(n, 1)
 
     def _step(self, batch: dict[str, Any]) -> float:
-        with autocast(self.amp, self.device):
-            heatmaps = self.net(batch["image"])
-        loss = supervised_loss(self.criterion, heatmaps, batch, bool(self.amp))  # one or several heatmap sets
+        if self.loss_fn is not None:
+            with autocast(self.amp, self.device):
+                loss = self.loss_fn(self.net, batch).float()
+        else:
+            with autocast(self.amp, self.device):
+                heatmaps = self.net(batch["image"])
+            loss = supervised_loss(self.criterion, heatmaps, batch, bool(self.amp))  # one or several heatmap sets
         # the mean over ranks (one all-reduce) is NaN/inf when any rank's loss is, and is the same on every
         # rank: checked here without a second collective, it stops all ranks at the same step
         value = distributed.mean_scalar(float(loss.detach()), self.device)
