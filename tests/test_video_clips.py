@@ -386,13 +386,16 @@ def test_inspector_cli_counts_round_trip_and_clip_pictures(posetrack_root, tmp_p
 
 
 def test_image_commands_refuse_clip_data_in_one_line(posetrack_root, tmp_path):
-    """nas.retrain / nas.search of an image network on data=posetrack: a one-line error, nothing trained."""
+    """nas.retrain of an image network on data=posetrack: a one-line error, nothing trained (nas.search and
+    nas.evaluate call the same check right after building their data)."""
+    from nas.data.build_video import refuse_clips
     data = ["data=posetrack", f"data.root={posetrack_root}", "data.input_size=[40,30]", "data.heatmap_size=[20,15]"]
-    for command, args in (("nas.retrain", [str(REPO_ROOT / "genotypes" / "weak_plain_conv.json"),
-                                           f"run_dir={tmp_path / 'r'}"]),
-                          ("nas.search", ["search_space=plain_conv", "strategy=random", f"run_dir={tmp_path / 's'}"])):
-        proc = subprocess.run(module_cmd(command, *args, *data), capture_output=True, text=True, timeout=120,
-                              env=run_env(tmp_path / "cache"), cwd=tmp_path)
-        assert proc.returncode != 0
-        lines = [line for line in proc.stderr.splitlines() if "clips of video tracks" in line]
-        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    proc = subprocess.run(module_cmd("nas.retrain", str(REPO_ROOT / "genotypes" / "weak_plain_conv.json"),
+                                     f"run_dir={tmp_path / 'r'}", *data), capture_output=True, text=True,
+                          timeout=120, env=run_env(tmp_path / "cache"), cwd=tmp_path)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if "clips of video tracks" in line]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "r" / "last.pt").exists()
+    with pytest.raises(UserError, match="nas.search cannot"):
+        refuse_clips(posetrack_data(str(posetrack_root), splits=["val"], **COMMON), "search")
