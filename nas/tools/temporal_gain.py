@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from estimators.complexity import count_gflops
+from nas.engine.checkpoint import load_checkpoint
 from nas.engine.clips import frames_loss, temporal_loss
 from nas.engine.runtime import configure_threads, make_loader
 from nas.engine.train_loop import Trainer
@@ -70,6 +71,11 @@ def light_member(space, key_gflops: float, share: float) -> Genotype:
 
 
 def _train(name: str, model: nn.Module, params, loss_fn, data, args, run_dir: Path, evaluate) -> float:
+    if args.score_only:  # the networks an earlier run of this tool trained into --out
+        state = load_checkpoint(run_dir / "best.pt")
+        model.load_state_dict(state["model"])
+        print(f"loaded {name} from {run_dir / 'best.pt'}", flush=True)
+        return 0.0
     loader = make_loader(data.train, args.batch, True, args.workers, drop_last=True)
     optimizer = torch.optim.Adam(params, lr=args.lr)
     steps = min(len(loader), args.max_steps_per_epoch or len(loader))
@@ -97,6 +103,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/temporal_gain")
+    parser.add_argument("--min-score", type=float, default=0.05,
+                        help="joints scoring below this do not shape the next online crop")
+    parser.add_argument("--score-only", action="store_true",
+                        help="do not train: load the networks an earlier run wrote into --out and score them")
     args = parser.parse_args()
     configure_threads(args.threads)
     from nas.data.synthetic.video import synthetic_video_data
@@ -105,7 +115,7 @@ def main() -> None:
     size, sigma, videos = data.input_size, data.sigma, data.val_videos
 
     def online(stepper, cycle=None, boxes="online"):
-        return run_online(stepper, videos, size, boxes=boxes, sigma=sigma, cycle=cycle)
+        return run_online(stepper, videos, size, boxes=boxes, sigma=sigma, cycle=cycle, min_score=args.min_score)
 
     def evaluate_image(net):
         net.eval()
