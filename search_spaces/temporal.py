@@ -19,6 +19,11 @@ fusion op. ViPNAS's paper fixes none of the details below; these are our choices
 - Cycle length T from `cycle_choices`; the key network is fixed by the space (`key`: a genotype file or an
   inline genotype dict), the search picks T and each frame's light network and fusion.
 
+One-shot supernet (`supernet()`, for the search): the key network, ONE elastic light network (the light
+space's supernet) shared by every light frame, and a fusion module per (stage, op) choice whose first c rows
+serve a member of width c; `set_path(genotype)` picks the cycle and each light frame's member, stage and op,
+and `build(genotype, supernet)` gives the standalone network with the same outputs (tested).
+
 Genotype (readable): {"key": {<the key network's whole genotype: space, space_args, genotype>},
 "cycle": 2, "frames": [{"light": {<a light-space genotype dict>}, "fusion_stage": 1, "fusion_op": "add"},
 ...one per following frame]}. space_args: key, light_space, light_space_args, cycle_choices,
@@ -164,7 +169,11 @@ class TemporalPoseNet(nn.Module):
             if affine is not None and prev_affine is not None:
                 from nas.data.video_clips import warp_heatmaps
                 heat = warp_heatmaps(heat, prev_affine, affine, self.input_size, tuple(heat.shape[-2:]))
-        return self.lights[i - 1](image, heat)
+        return self.run_light(i - 1, image, heat)
+
+    def run_light(self, frame: int, image: torch.Tensor, heat: torch.Tensor | None) -> torch.Tensor:
+        """Light frame `frame` (0..T-1) of the cycle."""
+        return self.lights[frame](image, heat)
 
     def forward(self, images: torch.Tensor, affines: torch.Tensor | None = None) -> torch.Tensor:
         if images.dim() != 5:
@@ -181,6 +190,86 @@ class TemporalPoseNet(nn.Module):
         heat = self._frame(self._t, image, self._heat, self._affine, affine)
         self._t, self._heat, self._affine = self._t + 1, heat, affine
         return heat
+
+
+class ElasticFusion(nn.Module):
+    """HeatmapFusion for every width up to `c_max` (the supernet's): a member of width c uses the first c
+    output rows (and, for cat, the first c feature inputs plus the K heatmap inputs)."""
+
+    def __init__(self, op: str, c_max: int, keypoints: int):
+        super().__init__()
+        self.op, self.c_max = op, c_max
+        inputs = c_max + keypoints if op == "cat" else keypoints
+        self.weight = nn.Parameter(torch.zeros(c_max, inputs))
+        self.bias = nn.Parameter(torch.zeros(c_max))
+        if op == "cat":
+            with torch.no_grad():
+                self.weight[:, :c_max].copy_(torch.eye(c_max))
+
+    def weight_for(self, c: int) -> torch.Tensor:
+        if self.op == "cat":
+            return torch.cat([self.weight[:c, :c], self.weight[:c, self.c_max:]], dim=1)
+        return self.weight[:c]
+
+    def forward(self, x: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        h = F.interpolate(heat, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        weight, bias = self.weight_for(c)[:, :, None, None], self.bias[:c]
+        if self.op == "cat":
+            return F.conv2d(torch.cat([x, h], dim=1), weight, bias)
+        p = F.conv2d(h, weight, bias)
+        return x + p if self.op == "add" else x * (1 + p)
+
+    @torch.no_grad()
+    def inherit(self, target: HeatmapFusion) -> None:
+        c = target.proj.out_channels
+        target.proj.weight.copy_(self.weight_for(c)[:, :, None, None])
+        target.proj.bias.copy_(self.bias[:c])
+
+
+class TemporalSupernet(TemporalPoseNet):
+    """One-shot supernet of the temporal space: the key network, ONE elastic light network (the light space's
+    supernet) shared by every light frame, and a fusion module per (stage, op) choice. `set_path(genotype)`
+    picks the cycle and, per light frame, the member, stage and op; `build(genotype, supernet)` copies a
+    member's share of the weights into the standalone network."""
+
+    def __init__(self, space: "TemporalSpace"):
+        from nas.spaces import resolve
+        key = Genotype.from_dict(space.key_genotype.to_dict())
+        light = space.light.supernet()
+        super().__init__(resolve(key).build(key), [], key.input_size)
+        self.light = light
+        largest = space.light.largest()
+        widths = [largest["stem"]["width"]] + [space.light.out_channels(st) for st in largest["stages"]]
+        self.fusions = nn.ModuleDict({f"s{s}_{op}": ElasticFusion(op, widths[s], space.args["num_keypoints"])
+                                      for s in space.args["fusion_stage_choices"]
+                                      for op in space.args["fusion_op_choices"]})
+        self._space = space
+        self.set_path(None)
+
+    def set_path(self, genotype: Genotype | None) -> None:
+        """A member of the space (None: the largest light network on the longest cycle, first stage and op)."""
+        a = self._space.args
+        if genotype is None:
+            frames = [{"light": self._space.light.largest(), "fusion_stage": a["fusion_stage_choices"][0],
+                       "fusion_op": a["fusion_op_choices"][0]}] * max(a["cycle_choices"])
+        else:
+            self._space.validate(genotype)
+            frames = genotype.genotype["frames"]
+        self.frames, self.cycle = [dict(f) for f in frames], len(frames)
+
+    def run_light(self, frame: int, image: torch.Tensor, heat: torch.Tensor | None) -> torch.Tensor:
+        f = self.frames[frame]
+        path, stage, fusion = f["light"], f["fusion_stage"], self.fusions[f"s{f['fusion_stage']}_{f['fusion_op']}"]
+        x = self.light.stem(image, path["stem"])
+        if stage == 0 and heat is not None:
+            x = fusion(x, heat)
+        for i, (blocks, st) in enumerate(zip(self.light.stages, path["stages"])):
+            for block in blocks[:st["depth"]]:
+                x = block(x, st)
+            if i + 1 == stage and heat is not None:
+                x = fusion(x, heat)
+        return self.light.head(x, path["head"]["deconv_channels"], path["head"]["deconv_groups"])
 
 
 class TemporalSpace:
@@ -261,16 +350,28 @@ class TemporalSpace:
             except GenotypeError as err:
                 raise GenotypeError(f"field '{where}.light': {str(err).replace('field ', '', 1)}") from None
 
-    def build(self, genotype: Genotype) -> TemporalPoseNet:
+    def supernet(self) -> TemporalSupernet:
+        return TemporalSupernet(self)
+
+    def build(self, genotype: Genotype, supernet: TemporalSupernet | None = None) -> TemporalPoseNet:
+        """The standalone network; with `supernet`, it starts from the supernet's key network and from each
+        light frame's share of the shared light network and of its fusion module."""
         from nas.spaces import resolve
         self.validate(genotype)
         g = genotype.genotype
         key = Genotype.from_dict(g["key"])
         key_net = resolve(key).build(key)
         size = tuple(genotype.input_size)
-        lights = [FusedLightNet(self.light.build(Genotype(space=self.light.name, space_args={}, genotype=f["light"])),
-                                f["fusion_stage"], f["fusion_op"], self.args["num_keypoints"])
-                  for f in g["frames"]]
+        lights = []
+        for f in g["frames"]:
+            member = Genotype(space=self.light.name, space_args={}, genotype=f["light"])
+            light = FusedLightNet(self.light.build(member, supernet.light if supernet is not None else None),
+                                  f["fusion_stage"], f["fusion_op"], self.args["num_keypoints"])
+            if supernet is not None:
+                supernet.fusions[f"s{f['fusion_stage']}_{f['fusion_op']}"].inherit(light.fusion)
+            lights.append(light)
+        if supernet is not None:
+            key_net.load_state_dict(supernet.key.state_dict())
         return TemporalPoseNet(key_net, lights, size)
 
     def describe(self, genotype: Genotype) -> str:

@@ -198,3 +198,34 @@ def test_clip_losses_score_the_frames_they_should():
     assert float(frames_loss(mse)(Fake(), batch)) == pytest.approx(0.5 * (0 + 1 + 4 + 9) / 4)
     assert float(temporal_loss(mse)(Fake(), batch)) == pytest.approx(0.5 * (1 + 9) / 2)
     assert float(temporal_loss(mse, train_key=True)(Fake(), batch)) == pytest.approx(0.5 * (0 + 1 + 4 + 9) / 4)
+
+
+@pytest.mark.parametrize("op", FUSION_OPS)
+def test_a_supernet_path_is_the_built_member_with_inherited_weights(op):
+    """The one-shot supernet (one elastic light network shared by the light frames, a fusion per stage and op):
+    run on a member's path it gives exactly what the standalone member gives after inheriting its share of the
+    weights, for members fusing at every stage."""
+    space = TemporalSpace(cycle_choices=[3], fusion_op_choices=[op])
+    supernet = space.supernet().eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # fusion weights away from their (identity) start, so a wrong slice would show
+        for fusion in supernet.fusions.values():
+            fusion.weight.add_(0.05 * torch.randn(fusion.weight.shape, generator=g))
+            fusion.bias.add_(0.05 * torch.randn(fusion.bias.shape, generator=g))
+    x, affines = torch.randn(2, 5, 3, 96, 72), _translations(2, 5)
+    stages = space.args["fusion_stage_choices"]
+    widest = [st["width"] for st in space.light.largest()["stages"]]
+    narrower = 0  # frames fusing at a stage narrower than the supernet's: a member's slice of the fusion
+    for seed in range(3):
+        genotype = space.sample(random.Random(seed))
+        for i, f in enumerate(genotype.genotype["frames"]):
+            f["fusion_stage"] = stages[(seed + i) % len(stages)]
+            s = f["fusion_stage"]
+            narrower += s > 0 and f["light"]["stages"][s - 1]["width"] < widest[s - 1]
+        supernet.set_path(genotype)
+        member = space.build(genotype, supernet).eval()
+        with torch.no_grad():
+            assert torch.allclose(supernet(x, affines), member(x, affines), atol=1e-5)
+    assert narrower > 0
+    supernet.set_path(None)  # the largest light network on the longest cycle
+    assert supernet.cycle == 3 and supernet(x).shape == (2, 5, 17, 24, 18)
