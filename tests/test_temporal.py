@@ -229,3 +229,23 @@ def test_a_supernet_path_is_the_built_member_with_inherited_weights(op):
     assert narrower > 0
     supernet.set_path(None)  # the largest light network on the longest cycle
     assert supernet.cycle == 3 and supernet(x).shape == (2, 5, 17, 24, 18)
+
+
+@pytest.mark.parametrize("op, inputs", [("add", 17), ("cat", 8 + 17)])
+def test_per_frame_flops_count_the_fusion_by_hand(space, op, inputs):
+    """A light frame fusing at the stem (8 channels at 48 x 36 for a 96 x 72 input) costs its light network
+    plus the fusion's 1x1 conv: thop counts output elements x input channels, 8 x 48 x 36 x (17 heatmaps for
+    add; 8 + 17 for cat) multiply-adds; the key frame costs the key network alone."""
+    from estimators.complexity import count_gflops
+    from estimators.temporal_cost import cycle_gflops, frame_gflops, frame_latency_ms
+    genotype = _member(space, fusion_stage=0, fusion_op=op)
+    net = space.build(genotype)
+    costs = frame_gflops(net, (96, 72))
+    assert len(costs) == 3 and costs[0] == pytest.approx(count_gflops(net.key, (96, 72)))
+    for i, light in enumerate(net.lights):
+        assert light.fusion.proj.out_channels == 8
+        assert costs[1 + i] - count_gflops(light.net, (96, 72)) == pytest.approx(8 * 48 * 36 * inputs / 1e9)
+    assert cycle_gflops(net, (96, 72)) == pytest.approx(sum(costs))
+    latency = frame_latency_ms(net, (96, 72), cycles=2, warmup=1)
+    assert len(latency["per_position"]) == 3 and all(v > 0 for v in latency["per_position"])
+    assert latency["mean_per_frame"] == pytest.approx(sum(latency["per_position"]) / 3)

@@ -1,0 +1,73 @@
+"""The cost of a temporal network (search_spaces/temporal.py) per frame: what a video search constrains.
+
+A cycle is the key frame and its T light frames. `frame_gflops` counts each position of the cycle with thop
+(estimators.complexity.count_gflops): the key network on its frame, each light network with its fusion fed
+heatmaps; `cycle_gflops` is their sum and the mean per frame is that over 1 + T. `frame_latency_ms` times the
+online `step()` at each position over several cycles on one device and thread setting (median per position),
+the warp of the previous heatmaps included, and gives the mean per frame over a cycle.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from estimators.complexity import count_gflops
+from estimators.latency import _cpu_threads, _sync
+
+
+class _LightWithHeat(nn.Module):
+    """A light frame as thop sees it: the fused light network fed heatmaps of the key network's shape."""
+
+    def __init__(self, net: nn.Module, frame: int, heat_shape: Sequence[int]):
+        super().__init__()
+        self.net, self.frame, self.heat_shape = net, frame, tuple(heat_shape)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net.run_light(self.frame, image, torch.zeros(image.shape[0], *self.heat_shape))
+
+
+def frame_gflops(net: nn.Module, input_size: Sequence[int]) -> list[float]:
+    """GFLOPs of each position of the cycle: [key, light 1, ..., light T]."""
+    size = (int(input_size[0]), int(input_size[1]))
+    with torch.no_grad():
+        heat = net.eval().key(torch.zeros(1, 3, *size))
+    heat = heat[-1] if isinstance(heat, (list, tuple)) else heat
+    costs = [count_gflops(net.key, size)]
+    costs += [count_gflops(_LightWithHeat(net, i, heat.shape[1:]), size) for i in range(net.cycle)]
+    return costs
+
+
+def cycle_gflops(net: nn.Module, input_size: Sequence[int]) -> float:
+    return float(sum(frame_gflops(net, input_size)))
+
+
+@torch.no_grad()
+def frame_latency_ms(net: nn.Module, input_size: Sequence[int], cycles: int = 10, warmup: int = 2,
+                     device: str | torch.device = "cpu", threads: int | None = 1) -> dict[str, object]:
+    """Online step times: {"per_position": [median ms of the key frame, of light 1, ...], "mean_per_frame":
+    their mean over a cycle, "cycles", "device", "threads"}. Frames are random images whose crops move a
+    little (so the heatmap warp runs as in a video)."""
+    device = torch.device(device)
+    net = net.to(device).eval()
+    length = net.cycle + 1
+    size = (int(input_size[0]), int(input_size[1]))
+    g = torch.Generator().manual_seed(0)
+    times: list[list[float]] = [[] for _ in range(length)]
+    with _cpu_threads(threads if device.type == "cpu" else None):
+        net.reset()
+        for c in range(warmup + cycles):
+            for t in range(length):
+                image = torch.randn(1, 3, *size, generator=g).to(device)
+                affine = torch.tensor([[[1.0, 0.0, -float(c * length + t)], [0.0, 1.0, 0.0]]], device=device)
+                _sync(device)
+                start = time.perf_counter()
+                net.step(image, affine)
+                _sync(device)
+                if c >= warmup:
+                    times[t].append((time.perf_counter() - start) * 1e3)
+    medians = [float(torch.tensor(ts).median()) for ts in times]
+    return {"per_position": medians, "mean_per_frame": sum(medians) / length, "cycles": cycles,
+            "device": str(device), "threads": threads}
