@@ -49,17 +49,6 @@ class NoFusion(nn.Module):
         return self.net(image)
 
 
-class TemporalStepper:
-    def __init__(self, net: TemporalPoseNet):
-        self.net = net
-
-    def reset(self) -> None:
-        self.net.reset()
-
-    def step(self, image: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
-        return self.net.step(image, affine)
-
-
 def light_member(space, key_gflops: float, share: float) -> Genotype:
     """The first sample (seeds 0, 1, ...) of the light space costing share +- 25% of the key network's FLOPs."""
     for seed in range(1000):
@@ -140,7 +129,7 @@ def main() -> None:
 
     def evaluate_temporal(net):
         net.eval()
-        result = online(TemporalStepper(net), cycle=args.cycle + 1)
+        result = online(net, cycle=args.cycle + 1)
         return result.metrics, result.results
 
     _train("fused", temporal, fused_light.parameters(), temporal_loss(KeypointMSELoss()), data, args,
@@ -150,8 +139,8 @@ def main() -> None:
     temporal.eval()
     baseline = TemporalPoseNet(key, [NoFusion(light)] * args.cycle, size).freeze_key().eval()
     steppers = {"key": (ImageStepper(key), None), "light": (ImageStepper(light), None),
-                "cycle": (TemporalStepper(baseline), args.cycle + 1),
-                "fused": (TemporalStepper(temporal), args.cycle + 1)}
+                "cycle": (baseline, args.cycle + 1),
+                "fused": (temporal, args.cycle + 1)}
     report = {}
     for name, (stepper, cycle) in steppers.items():
         online_boxes, gt_boxes = online(stepper, cycle), online(stepper, cycle, boxes="gt")
