@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from estimators.complexity import count_gflops, count_params
+from estimators.temporal_cost import frame_gflops, frame_latency_ms, is_temporal
 from nas.errors import UserError
 from nas.genotype import Genotype
 from nas.spaces import resolve
@@ -46,14 +47,31 @@ class CandidateCost:
         self.with_latency = latency_ms is not None or table is not None
 
     def measured_latency(self, genotype: Genotype, net: nn.Module | None = None) -> float:
-        """Median batch-1 latency of the genotype's emitted network (`net`, when already built)."""
+        """Median batch-1 latency of the genotype's emitted network (`net`, when already built); for a video
+        network (temporal space) the mean over a cycle of each frame's median online step time."""
         from estimators.latency import measure_latency
         net = emitted_network(genotype) if net is None else net
+        if is_temporal(net):
+            return float(frame_latency_ms(net, self.input_size, cycles=max(3, self.runs // (net.cycle + 1)),
+                                          device=self.device, threads=self.threads)["mean_per_frame"])
         return float(measure_latency(net, self.input_size, self.device, runs=self.runs,
                                      warmup=max(2, self.runs // 4), threads=self.threads)["median_ms"])
 
-    def costs(self, genotype: Genotype) -> dict[str, float]:
-        net = emitted_network(genotype)
+    def costs(self, genotype: Genotype, net: nn.Module | None = None) -> dict[str, float]:
+        """params_M, GFLOPs[, latency_ms]. A video network's GFLOPs and latency are its mean per frame over a
+        cycle (`cycle_GFLOPs` is the cycle's sum), so they compare with an image network run on every frame.
+        `net`: the genotype's network, already built (or changed, e.g. run without fusion)."""
+        net = emitted_network(genotype) if net is None else net
+        if is_temporal(net):
+            per_frame = frame_gflops(net, self.input_size)
+            out = {"params_M": count_params(net) / 1e6, "GFLOPs": sum(per_frame) / len(per_frame),
+                   "cycle_GFLOPs": sum(per_frame)}
+            if self.table is not None:
+                raise UserError("strategy.latency_table does not cover video networks (search_space=temporal): "
+                                "set strategy.latency_table=null to measure each candidate")
+            if self.with_latency:
+                out["latency_ms"] = self.measured_latency(genotype, net)
+            return out
         out = {"params_M": count_params(net) / 1e6, "GFLOPs": count_gflops(net, self.input_size)}
         if self.with_latency:
             if self.table is not None:

@@ -18,6 +18,11 @@ from estimators.complexity import count_gflops
 from estimators.latency import _cpu_threads, _sync
 
 
+def is_temporal(net: nn.Module) -> bool:
+    """A video network run online in cycles (search_spaces.temporal.TemporalPoseNet), not an image network."""
+    return hasattr(net, "step") and hasattr(net, "cycle") and hasattr(net, "key")
+
+
 class _LightWithHeat(nn.Module):
     """A light frame as thop sees it: the fused light network fed heatmaps of the key network's shape."""
 

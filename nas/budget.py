@@ -70,7 +70,8 @@ def count_params(net: nn.Module) -> int:
 
 def activation_bytes(net: nn.Module, input_size: Sequence[int]) -> int:
     """Bytes of the tensors the leaf modules of `net` (on the meta device) output in one forward pass
-    on a (1, 3, H, W) input; a module that returns its input (in place) adds nothing."""
+    on a (1, 3, H, W) input (a video network: on one cycle's clip, (1, 1 + T, 3, H, W)); a module that returns
+    its input (in place) adds nothing."""
     total = 0
 
     def count(module: nn.Module, inputs: tuple, output: Any) -> None:
@@ -79,9 +80,12 @@ def activation_bytes(net: nn.Module, input_size: Sequence[int]) -> int:
         total += sum(t.numel() * t.element_size() for t in fresh)
 
     handles = [m.register_forward_hook(count) for m in net.modules() if next(m.children(), None) is None]
+    x = torch.empty(1, 3, *input_size, device="meta")
+    if hasattr(net, "step") and hasattr(net, "cycle"):  # a video network: one cycle's clip (key + light frames)
+        x = x.unsqueeze(1).expand(1, net.cycle + 1, 3, *input_size)
     try:
         with torch.no_grad():
-            net.eval()(torch.empty(1, 3, *input_size, device="meta"))
+            net.eval()(x)
     finally:
         for handle in handles:
             handle.remove()

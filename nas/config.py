@@ -60,6 +60,9 @@ class SearchConfig(RunConfig):
     early_stop: Optional[str] = None  # darts_plus, skip_rise or None (nas.engine.search_loop.EarlyStop)
     stop_on_skip_rise: bool = False   # deprecated alias of early_stop=skip_rise
     score_images: Optional[int] = 100
+    score_videos: int = 6  # video search: held-out training videos that score candidates online
+    key_checkpoint: Optional[str] = None  # video search: the key network's trained best.pt (frozen)
+    train_key: Optional[bool] = None  # None: train the key network unless key_checkpoint is given
     criterion: Any = None
 
 
@@ -87,6 +90,8 @@ class RetrainConfig(RunConfig):
     flip_test: bool = True
     decode: str = "quarter"
     eval_batch_size: int = 64
+    key_checkpoint: Optional[str] = None  # temporal genotype: the key network's trained best.pt (frozen)
+    train_key: Optional[bool] = None  # None: train the key network unless key_checkpoint is given
     criterion: Any = None
 
 
@@ -167,7 +172,7 @@ def register() -> None:
 # against that signature and its type hints, so a new space or strategy is checked with no schema to write.
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-MIN_VALUES = {"epochs": 1, "batch_size": 1, "eval_batch_size": 1, "max_steps_per_epoch": 1, "score_images": 1,
+MIN_VALUES = {"epochs": 1, "batch_size": 1, "eval_batch_size": 1, "max_steps_per_epoch": 1, "score_images": 1, "score_videos": 1,
               "num_workers": 0, "threads": 1, "seed": 0, "eval_every": 0, "lr_min": 0.0, "grad_clip": 0.0,
               "runs": 1, "warmup": 0, "num_images": 0, "max_samples": 0}
 

@@ -506,7 +506,8 @@ def plot_arch_weights(jsonl_path: str | Path, png_path: str | Path) -> Path:
 # ---------------------------------------------------------------- Pareto fronts
 
 def pareto_figure(report: dict) -> Figure:
-    """Every feasible candidate an evolution scored (score against cost), the front joined by a line."""
+    """Every feasible candidate an evolution scored (score against cost), the front joined by a line, and the
+    space's reference points when it has some (video: the key network on every frame, the best without fusion)."""
     score, cost = report["score"], report["cost"]
     points = [e for e in report["evaluated"] if not e.get("violations") and score in e]
     front = report["front"]
@@ -516,12 +517,16 @@ def pareto_figure(report: dict) -> Figure:
                label=f"evaluated ({len(points)})")
     ax.plot([p[cost] for p in front], [p[score] for p in front], "o-", color="C3", ms=5,
             label=f"Pareto front ({len(front)})")
+    for i, ref in enumerate(r for r in report.get("references", []) if score in r and cost in r):
+        ax.scatter([ref[cost]], [ref[score]], s=46, marker="sDv^"[i % 4], color=f"C{i + 1}", zorder=3,
+                   label=ref["label"])
     for key, limit in (report.get("constraints") or {}).items():
         if {"latency_ms": "latency_ms", "gflops": "GFLOPs", "params_m": "params_M"}.get(key) == cost:
             ax.axvline(limit, color="C0", ls="--", lw=1, label=f"limit {limit:g}")
     unit = {"latency_ms": "latency (ms)", "GFLOPs": "GFLOPs", "params_M": "params (M)"}.get(cost, cost)
     ax.set_xlabel(unit)
-    ax.set_ylabel(f"{score} (shared weights, held-out training images)")
+    where = "held-out training videos, online" if report.get("references") else "held-out training images"
+    ax.set_ylabel(f"{score} (shared weights, {where})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig

@@ -11,6 +11,9 @@ Before the network is built, its size is checked on the meta device against `max
     python -m nas.profile genotypes/darts_cells_synthetic_seed0.json +preset=posenas_l18_c48
     python -m nas.profile GENOTYPE.json input_size=[256,192] device=cpu threads=1 latency=false
     python -m nas.profile GENOTYPE.json threads=1 latency_table=latency_tables/cpu.json
+
+A video network (search_space=temporal) is profiled per frame: GFLOPs and online step latency of each
+position of its cycle (key frame, light frames), and their mean per frame (`runs` = cycles timed).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from estimators.complexity import count_gflops, count_gflops_summary_rule, count_params
 from estimators.latency import measure_latency
 from estimators.latency_table import LatencyTable
+from estimators.temporal_cost import frame_gflops, frame_latency_ms, is_temporal
 from nas.budget import check_budget
 from nas.cli import positional_to_override, user_errors
 from nas.config import register
@@ -54,6 +58,8 @@ def profile(cfg: DictConfig) -> dict:
     _check_sizes(cfg, input_size)
     size = check_budget(lambda: space.build(genotype), input_size, cfg.max_params_m, cfg.max_activation_gb)
     model = space.build(genotype)
+    if is_temporal(model):
+        return _profile_temporal(cfg, genotype, space, model, input_size, size)
     result = {"genotype": str(Path(cfg.genotype).resolve()), "space": genotype.space,
               "space_args": space.args, "input_size": input_size, "params": count_params(model),
               "GFLOPs": count_gflops(model, tuple(input_size)),
@@ -73,8 +79,52 @@ def profile(cfg: DictConfig) -> dict:
     return result
 
 
+def _profile_temporal(cfg: DictConfig, genotype, space, model, input_size: list, size) -> dict:
+    """A video network (search_space=temporal): GFLOPs of each position of its cycle (key frame, light
+    frames) and their mean per frame; latency of the online `step()` per position (median over `runs`
+    cycles after `warmup`, heatmap warp included) and the mean per frame over a cycle."""
+    if cfg.batch_size != 1 or cfg.latency_table:
+        raise UserError("a temporal genotype is profiled online at batch 1 without a latency table; drop "
+                        "batch_size= and latency_table=")
+    per_frame = frame_gflops(model, tuple(input_size))
+    positions = ["key"] + [f"light{i}" for i in range(model.cycle)]
+    result = {"genotype": str(Path(cfg.genotype).resolve()), "space": genotype.space,
+              "space_args": space.args, "input_size": input_size, "params": count_params(model),
+              "GFLOPs": sum(per_frame) / len(per_frame), "cycle_GFLOPs": sum(per_frame),
+              "GFLOPs_per_position": dict(zip(positions, per_frame)), "activation_GB": size.activation_bytes / 1e9,
+              "cycle": model.cycle}
+    if cfg.latency:
+        device = pick_device(cfg.device)
+        threads = configure_threads(cfg.threads) if device.type == "cpu" else None
+        stats = frame_latency_ms(model, tuple(input_size), cycles=cfg.runs, warmup=cfg.warmup, device=device,
+                                 threads=threads)
+        result["latency"] = {"per_frame_ms": stats["mean_per_frame"],
+                             "per_position_ms": dict(zip(positions, stats["per_position"])),
+                             "cycles": cfg.runs, "device": str(device), "threads": threads}
+    if cfg.out:
+        atomic_write_text(Path(cfg.out), json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _report_temporal(result: dict) -> list[str]:
+    h, w = result["input_size"]
+    costs = ", ".join(f"{k} {v:.4f}" for k, v in result["GFLOPs_per_position"].items())
+    lines = [f"{result['genotype']}  (temporal: key frame + {result['cycle']} light frame(s) per cycle)",
+             f"input {h}x{w}  params {result['params'] / 1e6:.2f}M ({result['params']:,})  GFLOPs per frame "
+             f"{result['GFLOPs']:.4f} (mean over the cycle; cycle {result['cycle_GFLOPs']:.4f}: {costs})"]
+    lat = result.get("latency")
+    if lat:
+        threads = f", {lat['threads']} thread(s)" if lat["threads"] else ""
+        each = ", ".join(f"{k} {v:.2f}" for k, v in lat["per_position_ms"].items())
+        lines.append(f"latency {lat['per_frame_ms']:.2f} ms per frame (mean over the cycle of each frame's median "
+                     f"online step: {each} ms; {lat['cycles']} cycles, batch 1, {lat['device']}{threads})")
+    return lines
+
+
 def report(result: dict) -> str:
     """The human-readable lines printed to stdout."""
+    if "cycle" in result:
+        return "\n".join(_report_temporal(result))
     h, w = result["input_size"]
     sizes = {k: v for k, v in result["space_args"].items() if not isinstance(v, (list, dict))}  # not the choices
     lines = [f"{result['genotype']}  ({result['space']}, {json.dumps(sizes)})",

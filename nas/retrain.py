@@ -30,9 +30,9 @@ from nas.budget import check_budget
 from nas.cli import positional_to_override, user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
-from nas.data.build_video import refuse_clips
+from nas.data.build_video import VideoData, check_video_pairing
 from nas.engine.checkpoint import load_checkpoint
-from nas.engine import distributed
+from nas.engine import distributed, video
 from nas.engine.precision import autocast, check_amp
 from nas.engine.preemption import StopRequests, clear_interrupted
 from nas.engine.runtime import (check_decoder, configure_threads, log, make_loader, prepare_run_dir, record_batch,
@@ -66,8 +66,9 @@ def retrain(cfg: DictConfig) -> dict:
     configure_threads(cfg.threads)
     input_size = list(cfg.input_size or genotype.input_size)
     heatmap_size = list(cfg.heatmap_size or genotype.heatmap_size)
-    data = instantiate(cfg.data, input_size=input_size, heatmap_size=heatmap_size)
-    refuse_clips(data, "retrain")
+    data = instantiate(cfg.data, input_size=input_size, heatmap_size=heatmap_size,
+                       **video.clip_length(cfg.data, genotype))
+    on_video = check_video_pairing(space, data, "retrain")  # clips: online evaluation (nas/engine/video.py)
     seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG
     model = space.build(genotype)
     if space.args.get("num_keypoints", data.num_keypoints) != data.num_keypoints:
@@ -76,11 +77,12 @@ def retrain(cfg: DictConfig) -> dict:
     if cfg.pretrained and resume_from is None:  # a resume has the trained weights
         _load_pretrained(model, cfg.pretrained, genotype.space)
     model = to_memory_format(model.to(device), cfg.channels_last)
-    criterion = _criterion(cfg, model, data)
+    criterion = instantiate(cfg.criterion) if on_video else _criterion(cfg, model, data)
+    loss_fn = video.prepare(model, cfg, criterion, resume_from is not None, genotype) if on_video else None
     loader_args = dict(workers=cfg.num_workers, device=device, pin_memory=cfg.pin_memory,
                        persistent_workers=cfg.persistent_workers)
     train_loader = make_loader(data.train, cfg.batch_size, True, drop_last=True, seed=cfg.seed, **loader_args)
-    val_loader = make_loader(data.val, cfg.eval_batch_size, False, shard=True, **loader_args)  # split over ranks
+    val_loader = None if on_video else make_loader(data.val, cfg.eval_batch_size, False, shard=True, **loader_args)
     train_net = parallel_net(model, world, device, cfg.sync_bn, cfg.compile)
     lr = _learning_rate(cfg, world.size)
     batch = record_batch(run_dir, cfg.batch_size, device, lr, cfg.optimizer.lr, cfg.lr_scaling)
@@ -92,7 +94,7 @@ def retrain(cfg: DictConfig) -> dict:
                                   "input_size": input_size, "heatmap_size": heatmap_size},
                       primary_metric=data.val.primary_metric,
                       bad_images=BadImageMonitor(len(data.train), data.max_bad_fraction),
-                      amp=amp, train_net=train_net, stops=stops,
+                      amp=amp, train_net=train_net, stops=stops, loss_fn=loss_fn,
                       schedule=dict(kind=cfg.lr_schedule, steps=list(cfg.lr_steps), factor=cfg.lr_factor,
                                     warmup_iters=cfg.warmup_iters, warmup_ratio=cfg.warmup_ratio))
     if distributed.is_main():
@@ -111,6 +113,9 @@ def retrain(cfg: DictConfig) -> dict:
         scores = distributed.broadcast_object(data.val.evaluate(preds) if distributed.is_main() else None)
         return scores, preds  # the trainer writes the predictions files
 
+    if on_video:  # every track of the val videos followed online (one process scores: the videos are few)
+        evaluate = video.online_evaluator(data, device, cfg.decode)
+
     with stops, make_logger(cfg.logger, run_dir, cfg, world.rank) as tracker:
         trainer.tracker = tracker
         fitted = trainer.fit(train_loader, evaluate, cfg.eval_every, run_dir, resume_from)
@@ -125,12 +130,15 @@ def _results(fitted: dict, model: nn.Module, cfg: DictConfig, data, genotype, in
     best, last = fitted["best"], fitted["last"]
     distributed.barrier()  # best.pt is rank 0's to write; every rank reads it next
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    on_video = isinstance(data, VideoData)
     results = {**{k: v for k, v in best.items() if k != "epoch"}, "best_epoch": best["epoch"],
                "last": last, "model_selection": _selection_note(data.val.primary_metric),
                "predictions": {"best": BEST_PREDICTIONS, "last": LAST_PREDICTIONS},
-               "params": count_params(model), "GFLOPs": count_gflops(model, tuple(input_size)),
+               "params": count_params(model),
+               **(video.video_results(model, data, next(model.parameters()).device, cfg.decode) if on_video
+                  else {"GFLOPs": count_gflops(model, tuple(input_size))}),
                "primary_metric": data.val.primary_metric, "input_size": input_size,
-               "heatmap_size": heatmap_size, "flip_test": cfg.flip_test,
+               "heatmap_size": heatmap_size, "flip_test": cfg.flip_test and not on_video,
                "data": data.name, "genotype": str(Path(cfg.genotype).resolve()),
                "checkpoint": str(run_dir / "best.pt")}
     if distributed.is_main():
@@ -237,6 +245,9 @@ def main(cfg: DictConfig) -> None:
         return
     primary = results["primary_metric"]
     extra = f"  AP50 {results['AP50']:.4f}" if primary == "AP" and "AP50" in results else ""
+    if "latency_ms_per_frame" in results:  # video: online AP, and what a frame costs
+        extra += (f" (online crops; {results['AP_gt_boxes']:.4f} with ground-truth crops)  "
+                  f"{results['latency_ms_per_frame']:.2f} ms/frame on {results['latency_threads']} CPU thread")
     print(f"\n{primary} {results[primary]:.4f}{extra}  params {results['params'] / 1e6:.2f}M  "
           f"GFLOPs {results['GFLOPs']:.3f}\nresults: {Path(results['checkpoint']).parent / 'results.json'}")
 

@@ -17,13 +17,15 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from estimators.accuracy import HeldOutPoseAccuracy
+from estimators.online_accuracy import HeldOutOnlineAccuracy
 from nas.budget import check_budget
 from nas.cli import user_errors
 from nas.config import register
 from nas.data.bad_images import BadImageMonitor
 from nas.data.build import split_by_image
-from nas.data.build_video import refuse_clips
+from nas.data.build_video import VIDEO_DATA, VideoData, check_video_pairing, load_key, split_videos
 from nas.engine import distributed
+from nas.engine.clips import temporal_loss
 from nas.engine.precision import check_amp
 from nas.engine.preemption import StopRequests, clear_interrupted
 from nas.engine.runtime import (configure_threads, log, make_loader, prepare_run_dir, record_batch, save_config,
@@ -44,9 +46,12 @@ def search(cfg: DictConfig) -> Path:
     early_stop = EarlyStop(_early_stop_rule(cfg))
     configure_threads(cfg.threads)
     data = instantiate(cfg.data)
-    refuse_clips(data, "search")
     seed_everything(cfg.seed)  # after the data: a first-use generation must not shift the RNG
     space = instantiate(cfg.search_space)
+    video = check_video_pairing(space, data, "search")
+    if video and "loss_fn" not in inspect.signature(get_class(cfg.strategy._target_)).parameters:
+        raise UserError(f"strategy={HydraConfig.get().runtime.choices['strategy']} cannot search video networks "
+                        "(it trains on image batches); use strategy=evolution")
     if early_stop.rule is not None:  # a rule that cannot read this space's genotypes fails here
         early_stop.check_space(space.sample(random.Random(0)))
     if space.args.get("num_keypoints") != data.num_keypoints:
@@ -60,11 +65,16 @@ def search(cfg: DictConfig) -> Path:
     if cfg.channels_last and not channels_last:
         log.warning("channels_last=true is not used with search_space.partial_channels: the supernet runs in NCHW")
     supernet = to_memory_format(space.supernet().to(device), channels_last)
+    if video and cfg.key_checkpoint:  # the key network from its retrain on video frames, frozen
+        load_key(supernet, cfg.key_checkpoint, space.key_genotype)
     distributed.broadcast_module(supernet)  # one start for all ranks
     one_level = bool(OmegaConf.select(cfg, "strategy.one_level", default=False))
     loader_args = dict(workers=cfg.num_workers, drop_last=True, device=device, pin_memory=cfg.pin_memory,
                        persistent_workers=cfg.persistent_workers)
-    if one_level:  # weights and architecture from the same training batches: nothing held out
+    if video:  # whole training videos held out to score candidates online; the others' clips train the weights
+        weight_set, held_videos = split_videos(data.train, cfg.score_videos, cfg.seed)
+        arch_set, arch_loader = held_videos, None
+    elif one_level:  # weights and architecture from the same training batches: nothing held out
         weight_set, arch_set, arch_loader = data.train, None, None
     else:
         weight_set, arch_set = split_by_image(data.train, cfg.arch_fraction, cfg.seed)
@@ -80,9 +90,12 @@ def search(cfg: DictConfig) -> Path:
     batch = record_batch(run_dir, cfg.batch_size, device)
     split = (f"{len(weight_set)} training instances for weights and architecture (one-level)" if one_level
              else f"{len(weight_set)}/{len(arch_set)} training instances for weights/architecture")
+    if video:
+        split = (f"{len(weight_set)} training clips of {len(weight_set.videos)} videos for the weights, "
+                 f"{len(arch_set)} held-out training videos to score candidates online")
     log.info("search: %s + %s on %s (%s), %d epochs x %d steps, batch %s, device %s, run dir %s", space.name,
              type(strategy).__name__, data.name, split, epochs, steps, batch["text"], device, run_dir)
-    bad_images = BadImageMonitor((1 if one_level else 2) * steps * cfg.batch_size, data.max_bad_fraction)
+    bad_images = BadImageMonitor((1 if one_level or video else 2) * steps * cfg.batch_size, data.max_bad_fraction)
     with StopRequests(cfg.checkpoint_every_min, requeue=cfg.requeue, device=device,
                       fresh=resume_from is None) as stops, \
             make_logger(cfg.logger, run_dir, cfg, world.rank) as tracker:
@@ -140,6 +153,8 @@ def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dic
     `space_name` (the search_space config name the emitted genotype file will carry)."""
     params = inspect.signature(get_class(cfg.strategy._target_)).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if isinstance(data, VideoData):
+        return _video_extras(cfg, data, weight_set, arch_set, device, params)
     offered = {"seed": cfg.seed, "run_dir": str(HydraConfig.get().runtime.output_dir), "amp": cfg.amp,
                "input_size": tuple(data.input_size),
                "space_name": HydraConfig.get().runtime.choices["search_space"]}  # the name genotype.json gets
@@ -152,12 +167,27 @@ def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dic
     return extras
 
 
+def _video_extras(cfg: DictConfig, data: VideoData, weight_set, held_videos, device, params) -> dict:
+    """A video search's strategy gets the clip loss (`loss_fn`) and the online accuracy on held-out videos."""
+    train_key = cfg.train_key if cfg.train_key is not None else not cfg.key_checkpoint
+    accuracy = HeldOutOnlineAccuracy(held_videos, weight_set, device, data.sigma, data.input_size, cfg.seed)
+    log.info("candidates are scored online on %d people-frames in %d frames of %d held-out training videos; "
+             "key network %s", accuracy.num_instances, accuracy.num_frames, len(held_videos),
+             "trained with the light networks" if train_key else f"frozen from {cfg.key_checkpoint}")
+    extras = {"loss_fn": temporal_loss(instantiate(cfg.criterion), train_key=train_key), "accuracy": accuracy}
+    offered = {"seed": cfg.seed, "run_dir": str(HydraConfig.get().runtime.output_dir), "amp": cfg.amp,
+               "input_size": tuple(data.input_size), "space_name": HydraConfig.get().runtime.choices["search_space"]}
+    return {**extras, **{k: v for k, v in offered.items() if k in params}}
+
+
 @hydra.main(config_path="pkg://conf", config_name="search", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with user_errors(cfg):  # checks cfg first (nas.config.check_config)
         path = search(cfg)
     if distributed.is_main():
-        print(f"\ngenotype written to {path}\nretrain it with:\n  python -m nas.retrain {path}")
+        data = HydraConfig.get().runtime.choices["data"]
+        extra = f" data={data}" if data in VIDEO_DATA else ""
+        print(f"\ngenotype written to {path}\nretrain it with:\n  python -m nas.retrain {path}{extra}")
 
 
 if __name__ == "__main__":

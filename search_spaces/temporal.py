@@ -135,6 +135,7 @@ class TemporalPoseNet(nn.Module):
         super().__init__()
         self.key, self.lights = key, nn.ModuleList(lights)
         self.cycle, self.input_size = len(lights), tuple(int(v) for v in input_size)
+        self.fuse = True  # False: light frames run without the propagated heatmaps (the no-fusion reference)
         self.reset()
 
     def reset(self) -> None:
@@ -164,6 +165,8 @@ class TemporalPoseNet(nn.Module):
         i = t % (self.cycle + 1)
         if i == 0:
             return self.key(image)
+        if not self.fuse:
+            heat = None
         if heat is not None:
             heat = heat.detach()
             if affine is not None and prev_affine is not None:
@@ -247,8 +250,9 @@ class TemporalSupernet(TemporalPoseNet):
         self._space = space
         self.set_path(None)
 
-    def set_path(self, genotype: Genotype | None) -> None:
-        """A member of the space (None: the largest light network on the longest cycle, first stage and op)."""
+    def set_path(self, genotype: Genotype | None, fuse: bool = True) -> None:
+        """A member of the space (None: the largest light network on the longest cycle, first stage and op).
+        `fuse=False` runs its light networks without the propagated heatmaps (a reference, not a member)."""
         a = self._space.args
         if genotype is None:
             frames = [{"light": self._space.light.largest(), "fusion_stage": a["fusion_stage_choices"][0],
@@ -256,7 +260,15 @@ class TemporalSupernet(TemporalPoseNet):
         else:
             self._space.validate(genotype)
             frames = genotype.genotype["frames"]
-        self.frames, self.cycle = [dict(f) for f in frames], len(frames)
+        self.frames, self.cycle, self.fuse = [dict(f) for f in frames], len(frames), fuse
+
+    def set_key_only(self) -> None:
+        """The key network on every frame (cycle 0): the reference a temporal network is compared with."""
+        self.frames, self.cycle, self.fuse = [], 0, True
+
+    def current(self) -> Genotype:
+        """The member the supernet runs now (its light frames, stages and ops)."""
+        return self._space._genotype(self.cycle, [dict(f) for f in self.frames])
 
     def run_light(self, frame: int, image: torch.Tensor, heat: torch.Tensor | None) -> torch.Tensor:
         f = self.frames[frame]
@@ -277,12 +289,17 @@ class TemporalSpace:
     light networks from the vipnas_mbv3 space's CPU default, T in 1..3."""
 
     name = "temporal"
+    takes_clips = True  # its networks run clips (B, L, 3, H, W) -> (B, L, K, h, w); image spaces take (B, 3, H, W)
 
     def __init__(self, key: str | dict = DEFAULT_KEY, light_space: str = "vipnas_mbv3",
                  light_space_args: dict | None = None, cycle_choices: Sequence[int] = (1, 2, 3),
                  fusion_stage_choices: Sequence[int] | None = None, fusion_op_choices: Sequence[str] = FUSION_OPS,
                  num_keypoints: int = 17):
+        from omegaconf import OmegaConf
         from nas.spaces import build_space
+        plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
+        key, light_space_args, cycle_choices = plain(key), plain(light_space_args), plain(cycle_choices)
+        fusion_stage_choices, fusion_op_choices = plain(fusion_stage_choices), plain(fusion_op_choices)
         check_args(dict(num_keypoints=num_keypoints), BOUNDS)
         if light_space not in LIGHT_SPACES:
             raise BoundError("light_space", f"must be one of {', '.join(LIGHT_SPACES)}, got {light_space!r}")
@@ -313,10 +330,7 @@ class TemporalSpace:
 
     def sample(self, rng: random.Random) -> Genotype:
         cycle = rng.choice(self.args["cycle_choices"])
-        frames = [{"light": self.light.sample(rng).genotype,
-                   "fusion_stage": rng.choice(self.args["fusion_stage_choices"]),
-                   "fusion_op": rng.choice(self.args["fusion_op_choices"])} for _ in range(cycle)]
-        return self._genotype(cycle, frames)
+        return self._genotype(cycle, self.sample_frames(rng, cycle))
 
     def validate(self, genotype: Genotype) -> None:
         from nas.spaces import resolve
@@ -352,6 +366,55 @@ class TemporalSpace:
 
     def supernet(self) -> TemporalSupernet:
         return TemporalSupernet(self)
+
+    def reference_points(self, supernet: TemporalSupernet, best: Genotype) -> dict[str, tuple]:
+        """What a video network is compared with, for the search's Pareto plot: {label: (configure the
+        supernet, genotype, standalone network) } for the key network on every frame and `best` without fusion
+        (same networks and compute, light frames blind to the previous heatmaps)."""
+        from nas.spaces import resolve
+        key = Genotype.from_dict(best.genotype["key"])
+        blind = self.build(best)
+        blind.fuse = False
+        return {"key network on every frame": (supernet.set_key_only, key, resolve(key).build(key)),
+                "best, light frames without fusion": (lambda: supernet.set_path(best, fuse=False), best, blind)}
+
+    def decode(self, supernet: TemporalSupernet) -> Genotype:
+        """The member the supernet runs now (a one-shot space has no architecture weights to read)."""
+        return supernet.current()
+
+    # ---- evolution's genes: the cycle, then per light frame its network, stage and op ----------------
+    def mutate(self, parent: Genotype, rng: random.Random, prob: float) -> Genotype:
+        """With `prob`, a new cycle length (frames cut, or new random frames appended); then each light frame's
+        genes (its network's leaves, its fusion stage and op) redrawn with `prob` each, from a random member.
+        The key network never mutates (it is the space's)."""
+        from strategies.genes import leaves, set_leaf, get_leaf
+        frames = copy.deepcopy(parent.genotype["frames"])
+        if len(self.args["cycle_choices"]) > 1 and rng.random() < prob:
+            cycle = rng.choice([c for c in self.args["cycle_choices"] if c != len(frames)])
+            frames = frames[:cycle] + self.sample_frames(rng, cycle)[len(frames):]
+        donor = self.sample_frames(rng, len(frames))
+        for frame, other in zip(frames, donor):
+            for path, _ in list(leaves(frame)):
+                if rng.random() < prob:
+                    try:
+                        set_leaf(frame, path, copy.deepcopy(get_leaf(other, path)))
+                    except (KeyError, IndexError):  # the donor's network has another shape there
+                        continue
+        return self._genotype(len(frames), frames)
+
+    def crossover(self, a: Genotype, b: Genotype, rng: random.Random) -> Genotype:
+        """The cycle length of either parent; each light frame whole from a or b where both have it."""
+        fa, fb = a.genotype["frames"], b.genotype["frames"]
+        cycle = rng.choice([len(fa), len(fb)])
+        longer = fa if len(fa) >= cycle else fb
+        frames = [copy.deepcopy(rng.choice([x for x in (fa, fb) if len(x) > i])[i]) if i < min(len(fa), len(fb))
+                  else copy.deepcopy(longer[i]) for i in range(cycle)]
+        return self._genotype(cycle, frames)
+
+    def sample_frames(self, rng: random.Random, count: int) -> list[dict]:
+        return [{"light": self.light.sample(rng).genotype,
+                 "fusion_stage": rng.choice(self.args["fusion_stage_choices"]),
+                 "fusion_op": rng.choice(self.args["fusion_op_choices"])} for _ in range(count)]
 
     def build(self, genotype: Genotype, supernet: TemporalSupernet | None = None) -> TemporalPoseNet:
         """The standalone network; with `supernet`, it starts from the supernet's key network and from each

@@ -51,7 +51,8 @@ class Evolution:
                  generations: int = 5, parents: int = 8, mutations: int = 8, crossovers: int = 4,
                  mutation_prob: float = 0.2, constraints: dict | None = None,
                  latency_table: str | None = None, grad_clip: float = 5.0, metric: str = "AP",
-                 max_tries: int = 50, space_name: str | None = None, amp: str | None = None):
+                 max_tries: int = 50, space_name: str | None = None, amp: str | None = None,
+                 loss_fn: Callable[[nn.Module, Batch], torch.Tensor] | None = None):
         if not hasattr(supernet, "set_path"):
             raise UserError(f"search space {space.name!r} has no weight-sharing supernet (set_path); "
                             "strategy=evolution needs one (e.g. search_space=vipnas_mbv3)")
@@ -62,6 +63,7 @@ class Evolution:
         if min(population, generations + 1, parents, max_tries) < 1 or parents > population:
             raise UserError("strategy: need population >= parents >= 1, generations >= 0, max_tries >= 1")
         self.space, self.supernet, self.criterion, self.accuracy = space, supernet, criterion, accuracy
+        self.loss_fn = loss_fn  # a batch that is not one of images (video clips: nas.engine.clips)
         self.sampling, self.sandwich_random, self.grad_clip, self.metric = sampling, sandwich_random, grad_clip, metric
         self.sizes = dict(population=population, generations=generations, parents=parents,
                           mutations=mutations, crossovers=crossovers, max_tries=max_tries)
@@ -83,6 +85,7 @@ class Evolution:
                          "input_size": list(input_size)}
         self.population: list[str] = []
         self.cache: dict[str, dict] = {}
+        self.references: list[dict] = []  # the space's reference points (video: key on every frame, no fusion)
         self.epoch, self.steps = 0, 0
         log.info("evolution: %d x %d supernet steps (%s sampling), then a population of %d over %d "
                  "generations; constraints %s", epochs, steps_per_epoch, sampling, population, generations,
@@ -107,8 +110,12 @@ class Evolution:
         for path in paths:
             self.supernet.set_path(path)
             with autocast(self.amp, self.device):
-                out = self.supernet(train_batch["image"])
-            loss = supervised_loss(self.criterion, out, train_batch, bool(self.amp))
+                if self.loss_fn is not None:
+                    loss = self.loss_fn(self.supernet, train_batch).float()
+                else:
+                    out = self.supernet(train_batch["image"])
+            if self.loss_fn is None:
+                loss = supervised_loss(self.criterion, out, train_batch, bool(self.amp))
             total += check_finite(loss, "training loss", self.steps)
             self.scaler.scale(loss).backward()
         distributed.average_gradients(self.supernet.parameters())  # the same paths on every rank
@@ -208,6 +215,7 @@ class Evolution:
             self._generation()
         if generation == self.sizes["generations"]:
             self._verify_best()
+            self._score_references()
         best = self.cache[self._ranked(self.population)[0]]
         self._write_front()
         log.info("generation %d/%d: best %s %.4f (%s), %d candidates evaluated", generation,
@@ -231,6 +239,23 @@ class Evolution:
         raise UserError("every candidate's measured latency exceeds strategy.constraints.latency_ms; "
                         "rebuild the latency table (python -m nas.tools.latency_table) or loosen the limit")
 
+    def _score_references(self) -> None:
+        """The space's reference points (`reference_points(supernet, best)`), scored by the same estimator in
+        the same shared weights and costed like candidates, for pareto.json and its plot."""
+        points = getattr(self.space, "reference_points", None)
+        if points is None or self.references:
+            return
+        best = self._genotype(self.cache[self._ranked(self.population)[0]]["genotype"])
+        for label, (configure, genotype, net) in points(self.supernet, best).items():
+            configure()
+            scores = self.accuracy(self.supernet, calibrate=True)
+            costs = distributed.broadcast_object(self.cost.costs(genotype, net) if distributed.is_main() else None)
+            self.references.append({"label": label, **costs, **{k: float(v) for k, v in scores.items()
+                                                                if isinstance(v, (int, float))}})
+            log.info("reference %r: %s %.4f (%s)", label, self.metric, self.references[-1][self.metric],
+                     _costs_text(self.references[-1]))
+        self.supernet.set_path(None)
+
     def _write_front(self) -> None:
         if self.run_dir is None or not distributed.is_main():
             return
@@ -238,6 +263,8 @@ class Evolution:
         front = pareto_front(points, self.metric, self.cost.cost_axis)
         report = {"score": self.metric, "cost": self.cost.cost_axis, "constraints": self.cost.limits,
                   "front": front, "evaluated": list(self.cache.values())}
+        if self.references:
+            report["references"] = self.references
         atomic_write_text(self.run_dir / "pareto.json", json.dumps(report, indent=1) + "\n")
         try:
             from nas.plots import plot_pareto
@@ -260,13 +287,14 @@ class Evolution:
 
     def state_dict(self) -> dict:
         return {"optimizer": self.opt.state_dict(), "epoch": self.epoch, "steps": self.steps,
-                "population": list(self.population), "cache": self.cache,
+                "population": list(self.population), "cache": self.cache, "references": self.references,
                 "rng": generator_state(self.rng), "path_rng": generator_state(self.path_rng)}
 
     def load_state_dict(self, state: dict) -> None:
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.steps = state["epoch"], state["steps"]
         self.population, self.cache = list(state["population"]), dict(state["cache"])
+        self.references = list(state.get("references", []))  # absent from checkpoints written before them
         set_generator_state(self.rng, state["rng"])
         set_generator_state(self.path_rng, state["path_rng"])
 

@@ -3,7 +3,9 @@
 A genotype's genes are the leaves of its `genotype` tree (an op name, a kernel size, an input
 index...). A mutation replaces each gene, with probability `prob`, by the gene at the same place in
 a fresh random member of the space; a crossover takes each gene from one of two parents. Children
-are validated by the space and redrawn when invalid.
+are validated by the space and redrawn when invalid. A space whose genes are not plain leaves (the temporal
+space: a cycle length that changes how many frames there are, a key network that is not searched) defines
+its own `mutate(parent, rng, prob)` / `crossover(a, b, rng)` giving a genotype tree, used here in their place.
 """
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ def _valid(space: Any, genotype: Genotype) -> bool:
 
 def mutate(space: Any, parent: Genotype, rng: random.Random, prob: float, tries: int = 20) -> Genotype:
     """A valid child differing from `parent` in at least one gene (the parent itself if none is found)."""
+    if hasattr(space, "mutate"):
+        return _own(space, parent, lambda: space.mutate(parent, rng, prob).genotype, tries, changed=True)
     genes = list(leaves(parent.genotype))
     for _ in range(tries):
         donor = space.sample(rng).genotype
@@ -69,6 +73,8 @@ def mutate(space: Any, parent: Genotype, rng: random.Random, prob: float, tries:
 
 def crossover(space: Any, a: Genotype, b: Genotype, rng: random.Random, tries: int = 20) -> Genotype:
     """A valid child taking each gene from `a` or `b` at random (`a` itself if none is found)."""
+    if hasattr(space, "crossover"):
+        return _own(space, a, lambda: space.crossover(a, b, rng).genotype, tries, changed=False)
     for _ in range(tries):
         child = copy.deepcopy(a.genotype)
         for path, _ in leaves(a.genotype):
@@ -81,3 +87,13 @@ def crossover(space: Any, a: Genotype, b: Genotype, rng: random.Random, tries: i
         if _valid(space, candidate):
             return candidate
     return a
+
+
+def _own(space: Any, parent: Genotype, make: Any, tries: int, changed: bool) -> Genotype:
+    """A child from the space's own operator, in the parent's envelope (space name, sizes), validated."""
+    for _ in range(tries):
+        child = make()
+        candidate = Genotype.from_dict({**parent.to_dict(), "genotype": child})
+        if (child != parent.genotype or not changed) and _valid(space, candidate):
+            return candidate
+    return parent

@@ -86,10 +86,12 @@ def test_every_shipped_space_resolves_by_name(name):
     assert space.name == name  # the name its genotypes will carry
     member = space.sample(random.Random(0))
     space.validate(member)
+    clips = getattr(space, "takes_clips", False)  # video networks: (1, L, 3, H, W) -> (1, L, K, h, w)
     for make in (space.supernet, lambda: space.build(member)):
         net = build_on_meta(make)
-        out = final_heatmaps(net.eval()(torch.empty(1, 3, 64, 48, device="meta")))
-        assert out.shape == (1, space.args["num_keypoints"], 16, 12)
+        x = torch.empty(1, 2, 3, 64, 48, device="meta") if clips else torch.empty(1, 3, 64, 48, device="meta")
+        out = final_heatmaps(net.eval()(x))
+        assert out.shape == ((1, 2) if clips else (1,)) + (space.args["num_keypoints"], 16, 12)
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "genotypes").glob("*.json")), ids=lambda p: p.stem)

@@ -16,6 +16,7 @@ TINY = {"darts_cells": dict(init_channels=4, layers=3, steps=2, reductions=1),
                               head_channel_choices=[8, 16]),
         "vipnas_mbv3": dict(width_choices=[[8], [8, 16]], depth_choices=[[1], [1, 2]], strides=[2, 2],
                             activations=["relu", "hswish"], head_channel_choices=[8, 16])}
+TINY["temporal"] = dict(light_space_args=TINY["vipnas_mbv3"], cycle_choices=[1, 2])
 
 
 def tiny_space(name: str):
@@ -27,20 +28,28 @@ def space(request):
     return tiny_space(request.param)
 
 
-def _images(batch: int = 2, size: tuple[int, int] = (64, 48)) -> torch.Tensor:
+def _images(batch: int = 2, size: tuple[int, int] = (64, 48), space=None) -> torch.Tensor:
+    """Images (B, 3, H, W); for a space of video networks (`takes_clips`) clips of 3 frames (B, 3, 3, H, W)."""
+    if getattr(space, "takes_clips", False):
+        return torch.randn(batch, 3, 3, *size)
     return torch.randn(batch, 3, *size)
 
 
+def _heatmap_shape(space, batch: int = 2) -> tuple:
+    frames = (3,) if getattr(space, "takes_clips", False) else ()
+    return (batch, *frames, space.args["num_keypoints"], 16, 12)
+
+
 def test_supernet_gives_quarter_resolution_heatmaps(space):
-    out = final_heatmaps(space.supernet()(_images()))  # a multi-output network's prediction is its last
-    assert out.shape == (2, space.args["num_keypoints"], 16, 12)
+    out = final_heatmaps(space.supernet()(_images(space=space)))  # a multi-output network's prediction is its last
+    assert out.shape == _heatmap_shape(space)
 
 
 def test_sampled_genotype_builds_a_standalone_network(space):
     genotype = space.sample(random.Random(0))
     space.validate(genotype)
     net = space.build(genotype)
-    assert final_heatmaps(net(_images())).shape == (2, space.args["num_keypoints"], 16, 12)
+    assert final_heatmaps(net(_images(space=space))).shape == _heatmap_shape(space)
     assert not hasattr(net, "arch_parameters")
 
 
@@ -62,6 +71,10 @@ def test_standalone_network_is_smaller_than_the_supernet(space):
         return
     for seed in range(3):
         net = space.build(space.sample(random.Random(seed)))
+        if getattr(space, "takes_clips", False):  # T light networks beside one shared light supernet: per frame
+            for light in net.lights:
+                assert sum(p.numel() for p in light.net.parameters()) < sum(p.numel() for p in supernet.light.parameters())
+            continue
         assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in supernet.parameters())
 
 

@@ -385,17 +385,18 @@ def test_inspector_cli_counts_round_trip_and_clip_pictures(posetrack_root, tmp_p
     assert len(pictures) == 2 and cv2.imread(str(pictures[0])).shape == (40, 2 * 30 + 2, 3)
 
 
-def test_image_commands_refuse_clip_data_in_one_line(posetrack_root, tmp_path):
-    """nas.retrain of an image network on data=posetrack: a one-line error, nothing trained (nas.search and
-    nas.evaluate call the same check right after building their data)."""
+def test_image_searches_and_evaluate_refuse_clip_data_in_one_line(posetrack_root, tmp_path):
+    """nas.search of an image space on data=posetrack: a one-line error, nothing trained (only
+    search_space=temporal searches clips; nas.retrain trains an image network on clips, each frame alone, and
+    nas.evaluate refuses them: a video run is scored online by its retrain)."""
     from nas.data.build_video import refuse_clips
     data = ["data=posetrack", f"data.root={posetrack_root}", "data.input_size=[40,30]", "data.heatmap_size=[20,15]"]
-    proc = subprocess.run(module_cmd("nas.retrain", str(REPO_ROOT / "genotypes" / "weak_plain_conv.json"),
-                                     f"run_dir={tmp_path / 'r'}", *data), capture_output=True, text=True,
-                          timeout=120, env=run_env(tmp_path / "cache"), cwd=tmp_path)
+    proc = subprocess.run(module_cmd("nas.search", f"run_dir={tmp_path / 'r'}", *data), capture_output=True,
+                          text=True, timeout=120, env=run_env(tmp_path / "cache"), cwd=tmp_path)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if "clips of video tracks" in line]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "search_space=temporal" in lines[0]
     assert not (tmp_path / "r" / "last.pt").exists()
-    with pytest.raises(UserError, match="nas.search cannot"):
-        refuse_clips(posetrack_data(str(posetrack_root), splits=["val"], **COMMON), "search")
+    with pytest.raises(UserError, match="nas.evaluate cannot"):
+        refuse_clips(posetrack_data(str(posetrack_root), splits=["val"], **COMMON), "evaluate")

@@ -6,6 +6,7 @@ videos runs a model frame by frame over `VideoData.val_videos` and scores it wit
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -96,9 +97,66 @@ def posetrack_data(root: str, train_split: str = "train", val_split: str = "val"
                      max_bad_fraction=_bad_fraction(max_bad_fraction))
 
 
+def split_videos(clips: ClipDataset, held_out: int, seed: int) -> tuple[ClipDataset, list[Video]]:
+    """A search's split of the training videos (never the val split): `held_out` whole videos, drawn with
+    `seed`, to score candidates on online, and the clips of the other videos to train the weights on. Whole
+    videos, so no scored frame was seen in training, not even from another clip of the same track."""
+    if not 1 <= held_out < len(clips.videos):
+        raise UserError(f"score_videos={held_out} must be at least 1 and below the {len(clips.videos)} training "
+                        "videos (the rest train the supernet)")
+    order = list(range(len(clips.videos)))
+    random.Random(seed).shuffle(order)
+    held = sorted(order[:held_out])
+    kept = [v for i, v in enumerate(clips.videos) if i not in set(held)]
+    return clips.restricted(kept), [clips.videos[i] for i in held]
+
+
+VIDEO_DATA = ("synthetic_video", "posetrack")  # the data configs that give clips (conf/data/)
+
+
+def check_video_pairing(space: object, data: object, command: str) -> bool:
+    """True for a video run (clip data and a space of clip networks); a one-line UserError when one of the two
+    is video and the other is not. Image networks may train on clips (nas.retrain: each frame on its own)
+    where `command` allows it."""
+    video, clip_space = isinstance(data, VideoData), bool(getattr(space, "takes_clips", False))
+    if clip_space and not video:
+        raise UserError(f"search_space=temporal networks run on video clips but data={getattr(data, 'name', data)} "
+                        "gives images; add data=synthetic_video (or data=posetrack data.root=...)")
+    if video and not clip_space and command != "retrain":
+        raise UserError(f"data={data.name} gives clips of video tracks, which nas.{command} takes only for "
+                        "search_space=temporal; use image data (synthetic, coco, mpii) or search_space=temporal")
+    return video
+
+
+def load_key(net: object, checkpoint: str, key_genotype: object) -> None:
+    """Load a temporal network's key network from `checkpoint` (nas.retrain's best.pt of the key genotype,
+    e.g. retrained on video frames) and freeze it; a checkpoint of another network is refused in one line."""
+    from nas.engine.checkpoint import load_checkpoint
+    from nas.genotype import Genotype
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise UserError(f"key_checkpoint={checkpoint} not found; pass the best.pt of a retrain of the key genotype")
+    try:
+        state = load_checkpoint(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to replace
+        raise UserError(f"key_checkpoint={checkpoint} cannot be read as a checkpoint ({type(err).__name__}); "
+                        "pass the best.pt of a retrain of the key genotype") from None
+    saved = Genotype.from_dict(state["genotype"]) if isinstance(state, dict) and "genotype" in state else None
+    if saved is None or saved.space != key_genotype.space or saved.genotype != key_genotype.genotype:
+        raise UserError(f"key_checkpoint={checkpoint} is not a network of the key genotype "
+                        f"({key_genotype.space}); retrain the genotype in search_space.key and pass its best.pt")
+    try:
+        net.key.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"key_checkpoint={checkpoint} does not fit the key network ({first}); were the key "
+                        "genotype's space_args changed?") from None
+    net.freeze_key()
+
+
 def refuse_clips(data: object, command: str) -> None:
-    """A one-line error when `command` (an image pipeline: search, retrain, evaluate) is given video clips."""
+    """A one-line error when `command` (an image pipeline: evaluate) is given video clips."""
     if isinstance(data, VideoData):
-        raise UserError(f"data={data.name} gives clips of video tracks, which nas.{command} cannot train or score "
-                        "(it takes image data: synthetic, coco, mpii); the temporal video pipeline is not "
-                        "finished yet (issue 14)")
+        raise UserError(f"data={data.name} gives clips of video tracks, which nas.{command} cannot score "
+                        "(it takes image data: synthetic, coco, mpii); a video network's retrain scores it online "
+                        "on the val videos (results.json)")

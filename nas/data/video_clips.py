@@ -27,6 +27,8 @@ for decoding un-augmented crops only).
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -189,6 +191,16 @@ class ClipDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    def restricted(self, videos: Sequence[Video], train: bool | None = None) -> "ClipDataset":
+        """The same settings over `videos` only (every clip of them: no `max_clips` cap), e.g. the training
+        videos a search keeps for the weights; `train` switches augmentation on or off."""
+        other = copy.copy(self)
+        other.videos, other.train = list(videos), self.train if train is None else bool(train)
+        aspect_ratio = self.input_size[1] / self.input_size[0]
+        other.clips, other.dropped = find_clips(other.videos, self.clip_length, self.clip_stride, aspect_ratio,
+                                                self.padding)
+        return other
 
     def __getitem__(self, index: int) -> dict:
         if self.train:  # a clip with an unreadable frame is skipped for the next clip (nas.data.bad_images)
