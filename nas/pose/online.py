@@ -61,7 +61,7 @@ class OnlineResult:
     mean_latency_ms: float = 0.0     # over every step run
 
 
-def _track_spans(video: Video) -> dict[int, tuple[int, int]]:
+def track_spans(video: Video) -> dict[int, tuple[int, int]]:
     """track_id -> (index of its first, index of its last annotated frame) in `video.frames`."""
     spans: dict[int, tuple[int, int]] = {}
     for i, frame in enumerate(video.frames):
@@ -73,7 +73,8 @@ def _track_spans(video: Video) -> dict[int, tuple[int, int]]:
     return spans
 
 
-def _person(frame: Any, track_id: int) -> Any:
+def person_in(frame: Any, track_id: int) -> Any:
+    """The person of `track_id` in `frame`, or None."""
     return next((p for p in frame.people if p.track_id == track_id), None)
 
 
@@ -101,11 +102,11 @@ def run_online(stepper: Stepper, videos: Sequence[Video], input_size: Sequence[i
     steps = 0
     for video in videos:
         images: dict[int, np.ndarray] = {}
-        for track, (first, last) in sorted(_track_spans(video).items()):
+        for track, (first, last) in sorted(track_spans(video).items()):
             stepper.reset()
             center = scale = None
             for t, frame in enumerate(video.frames[first:last + 1]):
-                person = _person(frame, track)
+                person = person_in(frame, track)
                 if t == 0 or (boxes == "gt" and person is not None):
                     center, scale = box_to_center_scale(person.bbox, aspect, padding)
                 else:
