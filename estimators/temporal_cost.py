@@ -23,6 +23,22 @@ def is_temporal(net: nn.Module) -> bool:
     return hasattr(net, "step") and hasattr(net, "cycle") and hasattr(net, "key")
 
 
+class KeyOnly(nn.Module):
+    """An image network as a cycle of one frame (`cycle` 0, `step` = its forward), so the key network on every
+    frame is timed by `frame_latency_ms` exactly as a video network's steps are."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.key, self.cycle = net, 0
+
+    def reset(self) -> None:
+        pass
+
+    def step(self, image: torch.Tensor, affine: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.key(image)
+        return out[-1] if isinstance(out, (list, tuple)) else out
+
+
 class _LightWithHeat(nn.Module):
     """A light frame as thop sees it: the fused light network fed heatmaps of the key network's shape."""
 

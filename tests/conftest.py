@@ -13,7 +13,10 @@ import pytest  # noqa: E402
 
 from nas.engine.runtime import configure_threads  # noqa: E402
 
-configure_threads()  # the same thread rule as the entry points
+# the same thread rule as the entry points; under pytest-xdist (the default: pyproject's addopts) each worker
+# process takes one share of the cores, so that N workers do not run N x the threads the machine has
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+configure_threads(max(1, (os.cpu_count() or 2) // 2 // _WORKERS) if _WORKERS else None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from estimators.complexity import count_gflops
-from estimators.temporal_cost import frame_gflops, frame_latency_ms, is_temporal
+from estimators.temporal_cost import KeyOnly, frame_gflops, frame_latency_ms, is_temporal
 from nas.data.build_video import load_key
 from nas.engine.clips import frames_loss, temporal_loss
 from nas.engine.runtime import log
@@ -84,7 +84,7 @@ def video_results(model: nn.Module, data: Any, device: torch.device, decode: str
                   "latency_ms_per_frame": latency["mean_per_frame"], "GFLOPs": sum(per_frame) / len(per_frame),
                   "cycle_GFLOPs": sum(per_frame)}
     else:
-        latency = frame_latency_ms(_OneFrame(model), size, cycles=20, threads=LATENCY_THREADS)
+        latency = frame_latency_ms(KeyOnly(model), size, cycles=20, threads=LATENCY_THREADS)
         frames = {"latency_ms_per_frame": latency["mean_per_frame"], "GFLOPs": count_gflops(model, size)}
     model.to(device)
     return {"AP_gt_boxes": gt.metrics["AP"], **frames, "latency_threads": LATENCY_THREADS,
@@ -94,18 +94,3 @@ def video_results(model: nn.Module, data: Any, device: torch.device, decode: str
 
 def _stepper(net: nn.Module) -> Any:
     return net if is_temporal(net) else ImageStepper(net)
-
-
-class _OneFrame(nn.Module):
-    """An image network as a cycle of one frame, so its online step is timed like a video network's."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.key, self.cycle = net, 0
-
-    def reset(self) -> None:
-        pass
-
-    def step(self, image: torch.Tensor, affine: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.key(image)
-        return out[-1] if isinstance(out, (list, tuple)) else out
