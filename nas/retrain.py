@@ -103,7 +103,7 @@ def retrain(cfg: DictConfig) -> dict:
              cfg.genotype, genotype.space, data.name, len(data.train), cfg.epochs, input_size, batch["text"], lr,
              device, f", amp {amp}" if amp else "", run_dir)
 
-    def evaluate(net):
+    def evaluate_images(net):
         distributed.broadcast_module(net)  # rank 0's BatchNorm statistics on every rank
         with autocast(amp, device):
             preds = predict_coco(net, val_loader, device, data.flip_pairs, flip=cfg.flip_test,
@@ -113,8 +113,8 @@ def retrain(cfg: DictConfig) -> dict:
         scores = distributed.broadcast_object(data.val.evaluate(preds) if distributed.is_main() else None)
         return scores, preds  # the trainer writes the predictions files
 
-    if on_video:  # every track of the val videos followed online (one process scores: the videos are few)
-        evaluate = video.online_evaluator(data, device, cfg.decode)
+    # video: every track of the val videos followed online, on each rank alike (the videos are few)
+    evaluate = video.online_evaluator(data, device, cfg.decode) if on_video else evaluate_images
 
     with stops, make_logger(cfg.logger, run_dir, cfg, world.rank) as tracker:
         trainer.tracker = tracker

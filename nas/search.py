@@ -65,8 +65,8 @@ def search(cfg: DictConfig) -> Path:
     if cfg.channels_last and not channels_last:
         log.warning("channels_last=true is not used with search_space.partial_channels: the supernet runs in NCHW")
     supernet = to_memory_format(space.supernet().to(device), channels_last)
-    if video and cfg.key_checkpoint:  # the key network from its retrain on video frames, frozen
-        load_key(supernet, cfg.key_checkpoint, space.key_genotype)
+    if video and cfg.key_checkpoint:  # the key network from its retrain on video frames, frozen unless train_key
+        load_key(supernet, cfg.key_checkpoint, space.key_genotype, freeze=not cfg.train_key)
     distributed.broadcast_module(supernet)  # one start for all ranks
     one_level = bool(OmegaConf.select(cfg, "strategy.one_level", default=False))
     loader_args = dict(workers=cfg.num_workers, drop_last=True, device=device, pin_memory=cfg.pin_memory,
@@ -153,12 +153,12 @@ def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dic
     `space_name` (the search_space config name the emitted genotype file will carry)."""
     params = inspect.signature(get_class(cfg.strategy._target_)).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if isinstance(data, VideoData):
-        return _video_extras(cfg, data, weight_set, arch_set, device, params)
     offered = {"seed": cfg.seed, "run_dir": str(HydraConfig.get().runtime.output_dir), "amp": cfg.amp,
                "input_size": tuple(data.input_size),
                "space_name": HydraConfig.get().runtime.choices["search_space"]}  # the name genotype.json gets
     extras = {k: v for k, v in offered.items() if k in params or takes_all}
+    if isinstance(data, VideoData):
+        return {**extras, **_video_extras(cfg, data, weight_set, arch_set, device)}
     if "accuracy" in params or takes_all:
         extras["accuracy"] = HeldOutPoseAccuracy(arch_set, device, data.flip_pairs, cfg.score_images,
                                                  cfg.seed, calibration=weight_set)
@@ -167,17 +167,14 @@ def _strategy_extras(cfg: DictConfig, data, weight_set, arch_set, device) -> dic
     return extras
 
 
-def _video_extras(cfg: DictConfig, data: VideoData, weight_set, held_videos, device, params) -> dict:
+def _video_extras(cfg: DictConfig, data: VideoData, weight_set, held_videos, device) -> dict:
     """A video search's strategy gets the clip loss (`loss_fn`) and the online accuracy on held-out videos."""
     train_key = cfg.train_key if cfg.train_key is not None else not cfg.key_checkpoint
     accuracy = HeldOutOnlineAccuracy(held_videos, weight_set, device, data.sigma, data.input_size, cfg.seed)
     log.info("candidates are scored online on %d people-frames in %d frames of %d held-out training videos; "
              "key network %s", accuracy.num_instances, accuracy.num_frames, len(held_videos),
              "trained with the light networks" if train_key else f"frozen from {cfg.key_checkpoint}")
-    extras = {"loss_fn": temporal_loss(instantiate(cfg.criterion), train_key=train_key), "accuracy": accuracy}
-    offered = {"seed": cfg.seed, "run_dir": str(HydraConfig.get().runtime.output_dir), "amp": cfg.amp,
-               "input_size": tuple(data.input_size), "space_name": HydraConfig.get().runtime.choices["search_space"]}
-    return {**extras, **{k: v for k, v in offered.items() if k in params}}
+    return {"loss_fn": temporal_loss(instantiate(cfg.criterion), train_key=train_key), "accuracy": accuracy}
 
 
 @hydra.main(config_path="pkg://conf", config_name="search", version_base="1.3")
@@ -185,8 +182,8 @@ def main(cfg: DictConfig) -> None:
     with user_errors(cfg):  # checks cfg first (nas.config.check_config)
         path = search(cfg)
     if distributed.is_main():
-        data = HydraConfig.get().runtime.choices["data"]
-        extra = f" data={data}" if data in VIDEO_DATA else ""
+        data = HydraConfig.get().runtime.choices["data"]  # a video network retrains on clips, as many per step
+        extra = f" data={data} batch_size={cfg.batch_size}" if data in VIDEO_DATA else ""
         print(f"\ngenotype written to {path}\nretrain it with:\n  python -m nas.retrain {path}{extra}")
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn

@@ -203,6 +203,9 @@ def test_key_checkpoint_loads_and_freezes_or_is_refused(tmp_path):
     load_key(net, str(tmp_path / "best.pt"), key)
     assert all(float(p.mean()) == 0.25 and not p.requires_grad for p in net.key.parameters())
     assert all(p.requires_grad for p in net.lights.parameters())
+    tuned = space.build(genotype)
+    load_key(tuned, str(tmp_path / "best.pt"), key, freeze=False)  # train_key=true: loaded, still learning
+    assert all(float(p.mean()) == 0.25 and p.requires_grad for p in tuned.key.parameters())
     other = build_space("plain_conv", {})
     member = other.sample(random.Random(0))
     save_checkpoint(tmp_path / "other.pt", {"genotype": member.to_dict(), "model": other.build(member).state_dict()})

@@ -128,9 +128,10 @@ def check_video_pairing(space: object, data: object, command: str) -> bool:
     return video
 
 
-def load_key(net: object, checkpoint: str, key_genotype: object) -> None:
+def load_key(net: object, checkpoint: str, key_genotype: object, freeze: bool = True) -> None:
     """Load a temporal network's key network from `checkpoint` (nas.retrain's best.pt of the key genotype,
-    e.g. retrained on video frames) and freeze it; a checkpoint of another network is refused in one line."""
+    e.g. retrained on video frames) and freeze it unless `freeze=False` (fine-tuning); a checkpoint of another
+    network is refused in one line."""
     from nas.engine.checkpoint import load_checkpoint
     from nas.genotype import Genotype
     path = Path(checkpoint).expanduser()
@@ -151,7 +152,8 @@ def load_key(net: object, checkpoint: str, key_genotype: object) -> None:
         first = str(err).strip().splitlines()[0]
         raise UserError(f"key_checkpoint={checkpoint} does not fit the key network ({first}); were the key "
                         "genotype's space_args changed?") from None
-    net.freeze_key()
+    if freeze:
+        net.freeze_key()
 
 
 def refuse_clips(data: object, command: str) -> None:

@@ -51,7 +51,7 @@ def prepare(model: nn.Module, cfg: DictConfig, criterion: nn.Module, resuming: b
     train_key = cfg.train_key if cfg.train_key is not None else not cfg.key_checkpoint
     if cfg.key_checkpoint and not resuming:
         from nas.genotype import Genotype
-        load_key(model, cfg.key_checkpoint, Genotype.from_dict(genotype.genotype["key"]))
+        load_key(model, cfg.key_checkpoint, Genotype.from_dict(genotype.genotype["key"]), freeze=not train_key)
     if not train_key:
         model.freeze_key()
     log.info("temporal network: key network %s; %d light frame(s) per cycle", "trained with the light networks"
