@@ -36,26 +36,41 @@ class CandidateCost:
 
     def __init__(self, input_size: tuple[int, int], latency_ms: float | None = None,
                  gflops: float | None = None, params_m: float | None = None, device: str = "cpu",
-                 threads: int | None = 1, latency_runs: int = 20, table: Any = None):
+                 threads: int | None = 1, latency_runs: int = 20, table: Any = None,
+                 drift_correction: bool = True, verify_runs: int = 200):
         self.input_size = tuple(input_size)
         self.limits = {k: v for k, v in (("latency_ms", latency_ms), ("gflops", gflops),
                                          ("params_m", params_m)) if v is not None}
         for key, value in self.limits.items():
             if value <= 0:
                 raise UserError(f"strategy.constraints.{key} must be positive, got {value}")
+        if latency_runs < 1 or verify_runs < 1:
+            raise UserError(f"strategy.constraints.latency_runs and verify_runs must be >= 1, got {latency_runs}, "
+                            f"{verify_runs}")
         self.device, self.threads, self.runs, self.table = device, threads, latency_runs, table
+        self.drift_correction, self.verify_runs = bool(drift_correction), verify_runs
         self.with_latency = latency_ms is not None or table is not None
+        self.probe: dict | None = None  # the speed calibration of the last drift-corrected measurement
 
-    def measured_latency(self, genotype: Genotype, net: nn.Module | None = None) -> float:
-        """Median batch-1 latency of the genotype's emitted network (`net`, when already built); for a video
-        network (temporal space) the mean over a cycle of each frame's median online step time."""
+    def measured_latency(self, genotype: Genotype, net: nn.Module | None = None, runs: int | None = None) -> float:
+        """Median batch-1 latency of the genotype's emitted network (`net`, when already built) over `runs`
+        passes (default latency_runs); for a video network (temporal space) the mean over a cycle of each frame's
+        median online step time. With drift_correction (the default), the figure at the machine's calibrated
+        speed (estimators/speed.py), so candidates timed minutes apart compare."""
         from estimators.latency import measure_latency
         net = emitted_network(genotype) if net is None else net
+        runs = self.runs if runs is None else runs
         if is_temporal(net):
-            return float(frame_latency_ms(net, self.input_size, cycles=max(3, self.runs // (net.cycle + 1)),
-                                          device=self.device, threads=self.threads)["mean_per_frame"])
-        return float(measure_latency(net, self.input_size, self.device, runs=self.runs,
-                                     warmup=max(2, self.runs // 4), threads=self.threads)["median_ms"])
+            stats = frame_latency_ms(net, self.input_size, cycles=max(3, runs // (net.cycle + 1)),
+                                     device=self.device, threads=self.threads, drift_correction=self.drift_correction)
+            figure = stats["corrected_per_frame"] if self.drift_correction else stats["mean_per_frame"]
+        else:
+            stats = measure_latency(net, self.input_size, self.device, runs=runs, warmup=max(2, runs // 4),
+                                    threads=self.threads, drift_correction=self.drift_correction)
+            figure = stats["corrected_ms"] if self.drift_correction else stats["median_ms"]
+        if self.drift_correction:
+            self.probe = {k: v for k, v in stats["probe"].items() if k != "median_now_ms"}
+        return float(figure)
 
     def costs(self, genotype: Genotype, net: nn.Module | None = None) -> dict[str, float]:
         """params_M, GFLOPs[, latency_ms]. A video network's GFLOPs and latency are its mean per frame over a

@@ -2,7 +2,9 @@
 
 Measured latency is wall-clock time of a forward pass at a fixed input size, after warm-up runs
 (first calls pay for allocation and kernel selection). The median is the figure to quote: it is
-robust to the occasional scheduler hiccup that inflates the mean on a shared machine.
+robust to the occasional scheduler hiccup that inflates the mean on a shared machine. It is not robust to a
+machine whose speed drifts for minutes (a shared VM): `drift_correction=True` also times a fixed probe network
+after each pass and reports the latency at the machine's calibrated speed (estimators/speed.py).
 """
 from __future__ import annotations
 
@@ -48,12 +50,14 @@ def _timed_runs(model: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> li
 
 def measure_latency(model: nn.Module, input_size: tuple[int, int], device: str | torch.device = "cpu",
                     runs: int = 50, warmup: int = 10, batch_size: int = 1,
-                    threads: int | None = None) -> dict[str, float | int | str]:
+                    threads: int | None = None, drift_correction: bool = False) -> dict[str, object]:
     """Forward-pass time of `model` on a (batch_size, 3, H, W) input, in eval mode, no autograd.
 
     The model is moved to `device` (and left there); its train/eval mode is restored afterwards,
     so an estimator can time a model in the middle of a search. On the CPU, `threads` sets the
-    intra-op threads for the measurement only; None keeps the current setting.
+    intra-op threads for the measurement only; None keeps the current setting. `drift_correction`: each pass is
+    followed by one of estimators.speed.SpeedProbe, and "corrected_ms" (with "probe" describing the calibration)
+    is the median ratio to it times the probe's calibrated time.
     """
     if runs < 1 or warmup < 0 or batch_size < 1:
         raise ValueError(f"need runs >= 1, warmup >= 0, batch_size >= 1; got {runs}, {warmup}, {batch_size}")
@@ -64,12 +68,34 @@ def measure_latency(model: nn.Module, input_size: tuple[int, int], device: str |
     threads_ctx = _cpu_threads(threads) if device.type == "cpu" else contextlib.nullcontext()
     try:
         with threads_ctx, torch.inference_mode():
-            times = _timed_runs(model, x, runs, warmup)
+            if drift_correction:
+                from estimators.speed import ProbeTimer
+                timer = ProbeTimer(x.shape, device, threads)
+                times, probe_times = _paired_runs(model, x, timer, runs, warmup)
+            else:
+                times = _timed_runs(model, x, runs, warmup)
     finally:
         model.train(was_training)
-    return {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times)),
-            "p90_ms": float(np.percentile(times, 90)), "runs": runs, "batch_size": batch_size,
-            "device": str(device)}
+    stats: dict[str, object] = {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times)),
+                                "p90_ms": float(np.percentile(times, 90)), "runs": runs, "batch_size": batch_size,
+                                "device": str(device)}
+    if drift_correction:
+        stats["corrected_ms"] = timer.corrected(times, probe_times)
+        stats["probe"] = {**timer.describe(), "median_now_ms": float(np.median(probe_times))}
+    return stats
+
+
+def _paired_runs(model: nn.Module, x: torch.Tensor, timer, runs: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Each of `runs` passes (after `warmup`) followed by one probe pass: both lists of milliseconds."""
+    from estimators.speed import time_once
+    times, probe_times = [], []
+    for i in range(warmup + runs):
+        t = time_once(model, x)
+        p = timer.time()
+        if i >= warmup:
+            times.append(t)
+            probe_times.append(p)
+    return times, probe_times
 
 
 class MeasuredLatency:

@@ -4,18 +4,22 @@ A cycle is the key frame and its T light frames. `frame_gflops` counts each posi
 (estimators.complexity.count_gflops): the key network on its frame, each light network with its fusion fed
 heatmaps; `cycle_gflops` is their sum and the mean per frame is that over 1 + T. `frame_latency_ms` times the
 online `step()` at each position over several cycles on one device and thread setting (median per position),
-the warp of the previous heatmaps included, and gives the mean per frame over a cycle.
+the warp of the previous heatmaps included, and gives the mean per frame over a cycle; with `drift_correction`
+each cycle ends with one pass of estimators.speed.SpeedProbe and the same figures are also given at the
+machine's calibrated speed (each step's median ratio to the probe of its cycle x the probe's calibrated time).
 """
 from __future__ import annotations
 
 import time
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from estimators.complexity import count_gflops
 from estimators.latency import _cpu_threads, _sync
+from estimators.speed import ProbeTimer
 
 
 def is_temporal(net: nn.Module) -> bool:
@@ -67,17 +71,20 @@ def cycle_gflops(net: nn.Module, input_size: Sequence[int]) -> float:
 
 @torch.no_grad()
 def frame_latency_ms(net: nn.Module, input_size: Sequence[int], cycles: int = 10, warmup: int = 2,
-                     device: str | torch.device = "cpu", threads: int | None = 1) -> dict[str, object]:
+                     device: str | torch.device = "cpu", threads: int | None = 1,
+                     drift_correction: bool = False) -> dict[str, object]:
     """Online step times: {"per_position": [median ms of the key frame, of light 1, ...], "mean_per_frame":
-    their mean over a cycle, "cycles", "device", "threads"}. Frames are random images whose crops move a
-    little (so the heatmap warp runs as in a video)."""
+    their mean over a cycle, "cycles", "device", "threads"[, "corrected_per_position", "corrected_per_frame",
+    "probe"]}. Frames are random images whose crops move a little (so the heatmap warp runs as in a video)."""
     device = torch.device(device)
     net = net.to(device).eval()
     length = net.cycle + 1
     size = (int(input_size[0]), int(input_size[1]))
     g = torch.Generator().manual_seed(0)
     times: list[list[float]] = [[] for _ in range(length)]
+    probe_times: list[float] = []
     with _cpu_threads(threads if device.type == "cpu" else None):
+        timer = ProbeTimer((1, 3, *size), device, threads) if drift_correction else None
         net.reset()
         for c in range(warmup + cycles):
             for t in range(length):
@@ -89,6 +96,15 @@ def frame_latency_ms(net: nn.Module, input_size: Sequence[int], cycles: int = 10
                 _sync(device)
                 if c >= warmup:
                     times[t].append((time.perf_counter() - start) * 1e3)
-    medians = [float(torch.tensor(ts).median()) for ts in times]
-    return {"per_position": medians, "mean_per_frame": sum(medians) / length, "cycles": cycles,
-            "device": str(device), "threads": threads}
+            if timer is not None:
+                probe = timer.time()
+                if c >= warmup:
+                    probe_times.append(probe)
+    medians = [float(np.median(ts)) for ts in times]
+    out: dict[str, object] = {"per_position": medians, "mean_per_frame": sum(medians) / length, "cycles": cycles,
+                              "device": str(device), "threads": threads}
+    if timer is not None:
+        corrected = [timer.corrected(ts, probe_times) for ts in times]
+        out.update(corrected_per_position=corrected, corrected_per_frame=sum(corrected) / length,
+                   probe={**timer.describe(), "median_now_ms": float(np.median(probe_times))})
+    return out

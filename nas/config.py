@@ -123,6 +123,7 @@ class ProfileConfig:
     warmup: int = 10
     runs: int = 50
     latency: bool = True
+    drift_correction: bool = True
     latency_table: Optional[str] = None
     table_device: str = "cpu"
     out: Optional[str] = None

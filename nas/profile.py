@@ -4,7 +4,9 @@ Any genotype of any space: the space is resolved exactly as retrain resolves it 
 conf/search_space/, with `space_args` overrides merged over the genotype's), the network is built
 and measured, nothing is trained. GFLOPs are thop MACs at batch 1 (the pose literature's
 convention; `GFLOPs_summary_rule` is the HRNet code's count, estimators/complexity.py); latency is the
-median of `runs` timed forward passes after `warmup` ones, at `batch_size`. Nothing is written unless `out=` names a JSON file (no run directory).
+median of `runs` timed forward passes after `warmup` ones, at `batch_size`; with `drift_correction` (the default)
+also at this machine's calibrated speed, which a shared machine's drifting speed does not move (estimators/speed.py;
+the first use calibrates for 15 s). Nothing is written unless `out=` names a JSON file (no run directory).
 Before the network is built, its size is checked on the meta device against `max_params_m` and
 `max_activation_gb` (nas/budget.py); `activation_GB` is that count (leaf-module outputs, batch 1).
 
@@ -68,7 +70,8 @@ def profile(cfg: DictConfig) -> dict:
     if cfg.latency:
         device = pick_device(cfg.device)
         threads = configure_threads(cfg.threads) if device.type == "cpu" else None
-        stats = measure_latency(model, tuple(input_size), device, cfg.runs, cfg.warmup, cfg.batch_size, threads)
+        stats = measure_latency(model, tuple(input_size), device, cfg.runs, cfg.warmup, cfg.batch_size, threads,
+                                drift_correction=cfg.drift_correction)
         result["latency"] = {**stats, "threads": threads}
     if cfg.latency_table:
         table = LatencyTable.load(cfg.latency_table, cfg.table_device, tuple(input_size))
@@ -97,7 +100,7 @@ def _profile_temporal(cfg: DictConfig, genotype, space, model, input_size: list,
         device = pick_device(cfg.device)
         threads = configure_threads(cfg.threads) if device.type == "cpu" else None
         stats = frame_latency_ms(model, tuple(input_size), cycles=cfg.runs, warmup=cfg.warmup, device=device,
-                                 threads=threads)
+                                 threads=threads, drift_correction=cfg.drift_correction)
         # the key network on every frame costs its key-frame step each frame: timed interleaved with the light
         # frames, so the ratio holds where the machine's speed drifts between runs (on the 2-core machine the
         # same network's latency varied 1.8x over minutes; a separate timing right after varied the ratio 0.82-0.96)
@@ -105,6 +108,10 @@ def _profile_temporal(cfg: DictConfig, genotype, space, model, input_size: list,
                              "per_position_ms": dict(zip(positions, stats["per_position"])),
                              "key_every_frame_ms": stats["per_position"][0],
                              "cycles": cfg.runs, "device": str(device), "threads": threads}
+        if cfg.drift_correction:
+            result["latency"].update(corrected_per_frame_ms=stats["corrected_per_frame"],
+                                     corrected_per_position_ms=dict(zip(positions, stats["corrected_per_position"])),
+                                     probe=stats["probe"])
     if cfg.out:
         atomic_write_text(Path(cfg.out), json.dumps(result, indent=2) + "\n")
     return result
@@ -124,7 +131,18 @@ def _report_temporal(result: dict) -> list[str]:
                      f"online step: {each} ms; {lat['cycles']} cycles, batch 1, {lat['device']}{threads})")
         lines.append(f"the key network on every frame: {lat['key_every_frame_ms']:.2f} ms per frame (its step in these "
                      f"cycles); this network's per frame is {lat['per_frame_ms'] / lat['key_every_frame_ms']:.2f} x that")
+        if "corrected_per_frame_ms" in lat:
+            each = ", ".join(f"{k} {v:.2f}" for k, v in lat["corrected_per_position_ms"].items())
+            lines.append(f"drift-corrected: {lat['corrected_per_frame_ms']:.2f} ms per frame ({each} ms); "
+                         + _probe_text(lat["probe"]))
     return lines
+
+
+def _probe_text(probe: dict) -> str:
+    """What a drift-corrected figure is relative to, and how fast the machine ran during this measurement."""
+    return (f"at this machine's calibrated speed (probe {probe['probe_ms']:.3f} ms, calibrated {probe['calibrated']}, "
+            f"{probe['file']}; the probe took {probe['median_now_ms']:.3f} ms now, the machine ran at "
+            f"{probe['probe_ms'] / probe['median_now_ms']:.2f}x its calibrated speed)")
 
 
 def report(result: dict) -> str:
@@ -144,6 +162,8 @@ def report(result: dict) -> str:
         lines.append(f"latency {lat['median_ms']:.2f} ms median, {lat['mean_ms']:.2f} mean, "
                      f"{lat['p90_ms']:.2f} p90  ({lat['runs']} runs, batch {lat['batch_size']}, "
                      f"{lat['device']}{threads})")
+        if "corrected_ms" in lat:
+            lines.append(f"drift-corrected latency {lat['corrected_ms']:.2f} ms " + _probe_text(lat["probe"]))
     est = result.get("latency_table")
     if est:
         missing = f", {est['blocks_missing']} block(s) not in the table" if est["blocks_missing"] else ""

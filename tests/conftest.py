@@ -9,7 +9,14 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see nas/__init__.py
 
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+# drift-corrected latency (estimators/speed.py) keeps a speed calibration per machine: tests (and the commands
+# they start) keep theirs in a file of their own, never the user's ~/.cache, and calibrate for 0.2 s, not 15
+os.environ["POSENAS_SPEED_FILE"] = str(Path(tempfile.mkdtemp(prefix="posenas-speed-")) / "speed.json")
+os.environ.setdefault("POSENAS_CALIBRATION_S", "0.2")
 
 from nas.engine.runtime import configure_threads  # noqa: E402
 

@@ -207,3 +207,38 @@ def test_every_score_of_the_estimator_is_kept_and_an_unknown_metric_is_refused(t
     assert feasible and all(e["neg_heatmap_loss"] == -0.5 and "AP" in e for e in feasible)
     with pytest.raises(UserError, match="strategy.metric=AR is not a score"):
         _drive(_evolution(tmp_path / "b", accuracy=two_scores, generations=0, metric="AR"), range(2))
+
+
+def test_the_best_candidates_latency_is_timed_again_and_one_over_the_limit_dropped(monkeypatch):
+    """Every candidate measures 1 ms in the search (limit 5); timed again over verify_runs=7 runs, the best
+    takes 9 ms and is dropped, the next best 2 ms and is the result."""
+    from estimators.constraints import CandidateCost
+    verified = []
+
+    def fake_latency(self, genotype, net=None, runs=None):
+        if runs is None:
+            return 1.0
+        verified.append((runs, json.dumps(genotype.genotype, sort_keys=True)))
+        return 9.0 if len(verified) == 1 else 2.0
+    monkeypatch.setattr(CandidateCost, "measured_latency", fake_latency)
+    strategy = _evolution(constraints={"latency_ms": 5.0, "verify_runs": 7})
+    _drive(strategy, range(5))
+    result = strategy.result()
+    assert [r for r, _ in verified] == [7, 7]
+    dropped = strategy.cache[verified[0][1]]
+    assert dropped["violations"] == ["latency_ms (measured)"] and dropped["measured_latency_ms"] == 9.0
+    kept = [strategy.cache[k] for k in strategy.population if k != verified[0][1]]
+    assert result.provenance["search_score"]["AP"] == max(e["AP"] for e in kept)
+    assert dropped["AP"] >= result.provenance["search_score"]["AP"]  # the dropped one ranked first
+    assert result.provenance["costs"]["measured_latency_ms"] == 2.0
+    assert result.provenance["latency"].startswith("drift-corrected")
+
+
+def test_when_every_candidate_fails_the_second_timing_the_search_says_so(monkeypatch):
+    from estimators.constraints import CandidateCost
+    monkeypatch.setattr(CandidateCost, "measured_latency",
+                        lambda self, genotype, net=None, runs=None: 1.0 if runs is None else 6.0)
+    strategy = _evolution(constraints={"latency_ms": 5.0, "verify_runs": 3})
+    _drive(strategy, range(4))
+    with pytest.raises(UserError, match="over 3 runs exceeds strategy.constraints.latency_ms=5.0; loosen"):
+        strategy.end_epoch()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def test_plain_conv_profile_matches_a_hand_count(tmp_path):
     assert result["input_size"] == g["input_size"]
     assert result["latency"]["median_ms"] > 0 and result["latency"]["runs"] == 3
     assert f"{params / 1e6:.2f}M" in proc.stdout and "latency" in proc.stdout
+    # also at the calibrated speed, against the tests' own speed file (tests/conftest.py), never ~/.cache
+    assert result["latency"]["corrected_ms"] > 0 and "drift-corrected latency" in proc.stdout
+    assert result["latency"]["probe"]["file"] == os.environ["POSENAS_SPEED_FILE"]
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != ".cache")
     assert leftovers == ["profile.json"], leftovers  # no outputs/, no .hydra/, no log file
 

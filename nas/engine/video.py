@@ -77,15 +77,18 @@ def video_results(model: nn.Module, data: Any, device: torch.device, decode: str
     size = tuple(data.input_size)
     if is_temporal(model):
         per_frame = frame_gflops(model, size)
-        latency = frame_latency_ms(model, size, cycles=20, threads=LATENCY_THREADS)
+        latency = frame_latency_ms(model, size, cycles=20, threads=LATENCY_THREADS, drift_correction=True)
         positions = ["key"] + [f"light{i}" for i in range(model.cycle)]
         frames = {"GFLOPs_per_position": dict(zip(positions, per_frame)),
                   "latency_ms_per_position": dict(zip(positions, latency["per_position"])),
                   "latency_ms_per_frame": latency["mean_per_frame"], "GFLOPs": sum(per_frame) / len(per_frame),
                   "cycle_GFLOPs": sum(per_frame)}
     else:
-        latency = frame_latency_ms(KeyOnly(model), size, cycles=20, threads=LATENCY_THREADS)
+        latency = frame_latency_ms(KeyOnly(model), size, cycles=20, threads=LATENCY_THREADS, drift_correction=True)
         frames = {"latency_ms_per_frame": latency["mean_per_frame"], "GFLOPs": count_gflops(model, size)}
+    # the same at the machine's calibrated speed (estimators/speed.py): what the search's constraint compares
+    frames["latency_ms_per_frame_corrected"] = latency["corrected_per_frame"]
+    frames["latency_calibration"] = {k: v for k, v in latency["probe"].items() if k != "median_now_ms"}
     model.to(device)
     return {"AP_gt_boxes": gt.metrics["AP"], **frames, "latency_threads": LATENCY_THREADS,
             "boxes": "AP: crops from the previous frame's prediction (online); AP_gt_boxes: ground-truth crops",
