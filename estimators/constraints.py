@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from estimators.complexity import count_gflops, count_params
@@ -37,18 +38,22 @@ class CandidateCost:
     def __init__(self, input_size: tuple[int, int], latency_ms: float | None = None,
                  gflops: float | None = None, params_m: float | None = None, device: str = "cpu",
                  threads: int | None = 1, latency_runs: int = 20, table: Any = None,
-                 drift_correction: bool = True, verify_runs: int = 200):
+                 drift_correction: bool = True, verify_runs: int = 200, verify_repeats: int = 3,
+                 verify_margin: float = 0.03):
         self.input_size = tuple(input_size)
         self.limits = {k: v for k, v in (("latency_ms", latency_ms), ("gflops", gflops),
                                          ("params_m", params_m)) if v is not None}
         for key, value in self.limits.items():
             if value <= 0:
                 raise UserError(f"strategy.constraints.{key} must be positive, got {value}")
-        if latency_runs < 1 or verify_runs < 1:
-            raise UserError(f"strategy.constraints.latency_runs and verify_runs must be >= 1, got {latency_runs}, "
-                            f"{verify_runs}")
+        if min(latency_runs, verify_runs, verify_repeats) < 1 or not 0 <= verify_margin < 1:
+            raise UserError(f"strategy.constraints: need latency_runs, verify_runs, verify_repeats >= 1 and "
+                            f"0 <= verify_margin < 1; got {latency_runs}, {verify_runs}, {verify_repeats}, "
+                            f"{verify_margin}")
         self.device, self.threads, self.runs, self.table = device, threads, latency_runs, table
-        self.drift_correction, self.verify_runs = bool(drift_correction), verify_runs
+        # a latency table holds raw medians: its winners are verified in the same unit
+        self.drift_correction, self.verify_runs = bool(drift_correction) and table is None, verify_runs
+        self.verify_repeats, self.verify_margin = verify_repeats, float(verify_margin)
         self.with_latency = latency_ms is not None or table is not None
         self.probe: dict | None = None  # the speed calibration of the last drift-corrected measurement
 
@@ -71,6 +76,19 @@ class CandidateCost:
         if self.drift_correction:
             self.probe = {k: v for k, v in stats["probe"].items() if k != "median_now_ms"}
         return float(figure)
+
+    def verified_latency(self, genotype: Genotype) -> float:
+        """The median of `verify_repeats` measurements of `verify_runs` passes each: what the search's answer is
+        held to (one measurement on the 2-core machine came out 5% under the next ones)."""
+        net = emitted_network(genotype)
+        return float(np.median([self.measured_latency(genotype, net, runs=self.verify_runs)
+                                for _ in range(self.verify_repeats)]))
+
+    @property
+    def verify_limit(self) -> float:
+        """The latency the best candidates must verify under: the limit less `verify_margin`, so that a later
+        measurement (nas.profile), as noisy as this one, stays under the limit itself."""
+        return self.limits["latency_ms"] * (1.0 - self.verify_margin)
 
     def costs(self, genotype: Genotype, net: nn.Module | None = None) -> dict[str, float]:
         """params_M, GFLOPs[, latency_ms]. A video network's GFLOPs and latency are its mean per frame over a

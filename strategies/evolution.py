@@ -225,26 +225,27 @@ class Evolution:
 
     def _verify_best(self) -> None:
         """A table estimate can be off, and a measurement of `latency_runs` passes is noisy: time the best
-        candidates again over `verify_runs` passes and drop any over the limit, best first, until one holds."""
+        candidates again (`CandidateCost.verified_latency`: the median of verify_repeats x verify_runs passes)
+        and drop any over the limit less verify_margin, best first, until one holds."""
         if "latency_ms" not in self.cost.limits:
             return
-        limit = self.cost.limits["latency_ms"]
+        limit, cost = self.cost.verify_limit, self.cost
+        what = f"the median of {cost.verify_repeats} x {cost.verify_runs} runs"
         for key in self._ranked(self.population):
             entry = self.cache[key]
             entry["measured_latency_ms"] = distributed.broadcast_object(
-                self.cost.measured_latency(self._genotype(entry["genotype"]), runs=self.cost.verify_runs)
-                if distributed.is_main() else None)
+                cost.verified_latency(self._genotype(entry["genotype"])) if distributed.is_main() else None)
             if entry["measured_latency_ms"] <= limit:
-                log.info("the best candidate's latency over %d runs: %.2f ms (limit %.2f)", self.cost.verify_runs,
-                         entry["measured_latency_ms"], limit)
+                log.info("the best candidate's latency, %s: %.2f ms (limit %.2f less %.0f%%: %.2f)", what,
+                         entry["measured_latency_ms"], cost.limits["latency_ms"], 100 * cost.verify_margin, limit)
                 return
             entry["violations"] = ["latency_ms (measured)"]
-            log.info("dropping a candidate whose latency over %d runs, %.2f ms, exceeds the limit %.2f",
-                     self.cost.verify_runs, entry["measured_latency_ms"], limit)
+            log.info("dropping a candidate whose latency, %s, %.2f ms, exceeds the limit less %.0f%%: %.2f", what,
+                     entry["measured_latency_ms"], 100 * cost.verify_margin, limit)
         hint = ("rebuild the latency table (python -m nas.tools.latency_table) or loosen the limit"
-                if self.cost.table is not None else "loosen strategy.constraints.latency_ms")
-        raise UserError(f"every candidate's latency over {self.cost.verify_runs} runs exceeds "
-                        f"strategy.constraints.latency_ms={limit}; {hint}")
+                if cost.table is not None else "loosen strategy.constraints.latency_ms")
+        raise UserError(f"every candidate's latency, {what}, exceeds strategy.constraints.latency_ms="
+                        f"{cost.limits['latency_ms']} less verify_margin={cost.verify_margin}; {hint}")
 
     def _score_references(self) -> None:
         """The space's reference points (`reference_points(supernet, best)`), scored by the same estimator in
