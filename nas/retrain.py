@@ -245,12 +245,17 @@ def main(cfg: DictConfig) -> None:
         return
     primary = results["primary_metric"]
     extra = f"  AP50 {results['AP50']:.4f}" if primary == "AP" and "AP50" in results else ""
+    after = ""
     if "latency_ms_per_frame" in results:  # video: online AP, and what a frame costs
         extra += (f" (online crops; {results['AP_gt_boxes']:.4f} with ground-truth crops)  "
                   f"{results['latency_ms_per_frame']:.2f} ms/frame on {results['latency_threads']} CPU thread, "
                   f"{results['latency_ms_per_frame_corrected']:.2f} drift-corrected")
+        if "AP_no_fusion" in results:
+            after = (f"\nwithout fusion (the same networks, light frames blind to the previous heatmaps): AP "
+                     f"{results['AP_no_fusion']:.4f} (online crops; {results['AP_gt_boxes_no_fusion']:.4f} with "
+                     f"ground-truth crops)")
     print(f"\n{primary} {results[primary]:.4f}{extra}  params {results['params'] / 1e6:.2f}M  "
-          f"GFLOPs {results['GFLOPs']:.3f}\nresults: {Path(results['checkpoint']).parent / 'results.json'}")
+          f"GFLOPs {results['GFLOPs']:.3f}{after}\nresults: {Path(results['checkpoint']).parent / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -223,7 +223,8 @@ def test_the_best_candidates_latency_is_timed_again_and_one_over_the_limit_dropp
         verified.append((runs, json.dumps(genotype.genotype, sort_keys=True)))
         return next(times)
     monkeypatch.setattr(CandidateCost, "measured_latency", fake_latency)
-    strategy = _evolution(constraints={"latency_ms": 5.0, "verify_runs": 7, "verify_margin": 0.1})
+    strategy = _evolution(constraints={"latency_ms": 5.0, "verify_runs": 7, "verify_margin": 0.1,
+                                                 "verify_fresh_process": False})
     _drive(strategy, range(5))
     result = strategy.result()
     assert [r for r, _ in verified] == [7] * 6
@@ -242,7 +243,8 @@ def test_when_every_candidate_fails_the_second_timing_the_search_says_so(monkeyp
     from estimators.constraints import CandidateCost
     monkeypatch.setattr(CandidateCost, "measured_latency",
                         lambda self, genotype, net=None, runs=None: 1.0 if runs is None else 4.9)
-    strategy = _evolution(constraints={"latency_ms": 5.0, "verify_runs": 3, "verify_repeats": 1})
+    strategy = _evolution(constraints={"latency_ms": 5.0, "verify_runs": 3, "verify_repeats": 1,
+                                                 "verify_fresh_process": False})
     _drive(strategy, range(4))
     with pytest.raises(UserError, match="median of 1 x 3 runs, exceeds strategy.constraints.latency_ms=5.0 less "
                                         "verify_margin=0.03; loosen"):
@@ -253,3 +255,16 @@ def test_when_every_candidate_fails_the_second_timing_the_search_says_so(monkeyp
 def test_bad_latency_settings_are_one_line_errors(bad):
     with pytest.raises(UserError, match="strategy.constraints: need"):
         _evolution(constraints={"latency_ms": 5.0, **bad})
+
+
+def test_verification_in_a_fresh_process_measures_the_emitted_network():
+    """The spawned measurement gives a positive latency for a real genotype and the calibration it used."""
+    from estimators.constraints import CandidateCost
+    from nas.genotype import Genotype
+    space = build_space("plain_conv", {"max_layers": 3})
+    genotype = Genotype(space="plain_conv", space_args=space.args, genotype=space.sample(random.Random(0)).genotype,
+                        input_size=[32, 24], heatmap_size=[8, 6])
+    cost = CandidateCost((32, 24), latency_ms=5.0, verify_runs=4, verify_repeats=2)
+    assert cost.verify_fresh_process and cost.probe is None
+    assert cost.verified_latency(genotype) > 0
+    assert cost.probe["machine"].endswith("input 1x3x32x24")

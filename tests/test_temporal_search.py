@@ -172,6 +172,8 @@ def test_temporal_retrain_scores_online_and_reports_per_frame_costs(video_search
                                                             / (cycle + 1))
     assert 0.0 <= results["AP"] <= 1.0 and 0.0 <= results["AP_gt_boxes"] <= 1.0
     assert results["latency_ms_per_frame_corrected"] > 0 and "drift-corrected" in proc.stdout
+    assert 0.0 <= results["AP_no_fusion"] <= 1.0 and 0.0 <= results["AP_gt_boxes_no_fusion"] <= 1.0
+    assert "without fusion (the same networks" in proc.stdout
     assert "ms/frame" in proc.stdout and "(online crops;" in proc.stdout
     # the clips were rounded up to whole cycles
     rounded = f"data.clip_length 4 -> 6: whole cycles of 1 + {cycle} frames" in proc.stdout + proc.stderr

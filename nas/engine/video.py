@@ -7,8 +7,10 @@
   temporal genotype, or the reference networks ("key network on every frame", "light network alone").
 - Either is evaluated ONLINE on the val videos (nas.pose.online.run_online): every track followed from its
   first ground-truth box, later crops from the previous prediction; PoseTrack OKS AP over the labelled frames.
-  results.json adds the AP with ground-truth crops, and the cost per frame: GFLOPs (mean over a cycle, and the
-  cycle's sum) and the measured online step latency of each cycle position at batch 1 on one CPU thread.
+  results.json adds the AP with ground-truth crops, for a temporal network both APs again with its light frames
+  blind to the propagated heatmaps (`AP_no_fusion`, `AP_gt_boxes_no_fusion`: the same trained networks, fusion
+  off), and the cost per frame: GFLOPs (mean over a cycle, and the cycle's sum) and the measured online step
+  latency of each cycle position at batch 1 on one CPU thread, raw and drift-corrected (estimators/speed.py).
 """
 from __future__ import annotations
 
@@ -75,6 +77,15 @@ def video_results(model: nn.Module, data: Any, device: torch.device, decode: str
     gt = run_online(_stepper(model), data.val_videos, data.input_size, boxes="gt", decode=decode, sigma=data.sigma,
                     cycle=model.cycle + 1 if is_temporal(model) else None, device=device)
     size = tuple(data.input_size)
+    blind = {}
+    if is_temporal(model):  # the same trained networks with the light frames blind to the previous heatmaps
+        model.fuse = False
+        try:
+            for boxes, name in (("online", "AP_no_fusion"), ("gt", "AP_gt_boxes_no_fusion")):
+                blind[name] = run_online(model, data.val_videos, data.input_size, boxes=boxes, decode=decode,
+                                         sigma=data.sigma, cycle=model.cycle + 1, device=device).metrics["AP"]
+        finally:
+            model.fuse = True
     if is_temporal(model):
         per_frame = frame_gflops(model, size)
         latency = frame_latency_ms(model, size, cycles=20, threads=LATENCY_THREADS, drift_correction=True)
@@ -90,7 +101,7 @@ def video_results(model: nn.Module, data: Any, device: torch.device, decode: str
     frames["latency_ms_per_frame_corrected"] = latency["corrected_per_frame"]
     frames["latency_calibration"] = {k: v for k, v in latency["probe"].items() if k != "median_now_ms"}
     model.to(device)
-    return {"AP_gt_boxes": gt.metrics["AP"], **frames, "latency_threads": LATENCY_THREADS,
+    return {"AP_gt_boxes": gt.metrics["AP"], **blind, **frames, "latency_threads": LATENCY_THREADS,
             "boxes": "AP: crops from the previous frame's prediction (online); AP_gt_boxes: ground-truth crops",
             "val_videos": len(data.val_videos)}
 
