@@ -11,16 +11,20 @@ every candidate), else from a measurement of that network at batch 1.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 from torch import nn
 
 from estimators.complexity import count_gflops, count_params
+from estimators.speed import busy_warning
 from estimators.temporal_cost import frame_gflops, frame_latency_ms, is_temporal
 from nas.errors import UserError
 from nas.genotype import Genotype
 from nas.spaces import resolve
+
+log = logging.getLogger(__name__)
 
 LIMIT_KEYS = {"latency_ms": "latency_ms", "gflops": "GFLOPs", "params_m": "params_M"}
 
@@ -60,6 +64,7 @@ class CandidateCost:
                                   drift_correction=self.drift_correction, verify_runs=verify_runs)
         self.with_latency = latency_ms is not None or table is not None
         self.probe: dict | None = None  # the speed calibration of the last drift-corrected measurement
+        self.busy = 0  # measurements taken while other processes competed for the cores (estimators.speed)
 
     def measured_latency(self, genotype: Genotype, net: nn.Module | None = None, runs: int | None = None) -> float:
         """Median batch-1 latency of the genotype's emitted network (`net`, when already built) over `runs`
@@ -79,6 +84,11 @@ class CandidateCost:
             figure = stats["corrected_ms"] if self.drift_correction else stats["median_ms"]
         if self.drift_correction:
             self.probe = {k: v for k, v in stats["probe"].items() if k != "median_now_ms"}
+        warning = busy_warning(stats.get("preemptions_per_pass"))
+        if warning:
+            self.busy += 1
+            if self.busy in (1, 10, 100):  # not once per candidate
+                log.warning("latency of a candidate (%d so far): %s", self.busy, warning)
         return float(figure)
 
     def verified_latency(self, genotype: Genotype) -> float:
@@ -90,9 +100,12 @@ class CandidateCost:
         if self.verify_fresh_process:
             import multiprocessing
             with multiprocessing.get_context("spawn").Pool(1) as pool:
-                figures, probe = pool.apply(_verify_in_child, (self._measure_args, genotype.to_dict(),
-                                                                self.verify_repeats))
+                figures, probe, busy = pool.apply(_verify_in_child, (self._measure_args, genotype.to_dict(),
+                                                                      self.verify_repeats))
             self.probe = probe or self.probe
+            if busy:
+                log.warning("%d of the %d verification timings ran while other processes competed for the cores: "
+                            "the figure is inflated (estimators/speed.py)", busy, self.verify_repeats)
         else:
             figures = _verify(self, genotype, self.verify_repeats)
         return float(np.median(figures))
@@ -140,11 +153,12 @@ def _verify(cost: CandidateCost, genotype: Genotype, repeats: int) -> list[float
     return [cost.measured_latency(genotype, net, runs=cost.verify_runs) for _ in range(repeats)]
 
 
-def _verify_in_child(args: dict, genotype: dict, repeats: int) -> tuple[list[float], dict | None]:
+def _verify_in_child(args: dict, genotype: dict, repeats: int) -> tuple[list[float], dict | None, int]:
     """CandidateCost.verified_latency's measurements, in a fresh process (spawned: nothing of the search's
-    memory, threads or allocator state)."""
+    memory, threads or allocator state): the figures, the calibration and how many were taken on a busy machine."""
     cost = CandidateCost(**args)
-    return _verify(cost, Genotype.from_dict(genotype), repeats), cost.probe
+    logging.getLogger("estimators.constraints").setLevel(logging.ERROR)  # the parent warns instead
+    return _verify(cost, Genotype.from_dict(genotype), repeats), cost.probe, cost.busy
 
 
 def pareto_front(points: list[dict[str, Any]], score: str, cost: str) -> list[dict[str, Any]]:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from estimators.speed import Preemptions, ProbeTimer
+
 
 @contextlib.contextmanager
 def _cpu_threads(threads: int | None) -> Iterator[None]:
@@ -69,24 +71,27 @@ def measure_latency(model: nn.Module, input_size: tuple[int, int], device: str |
     try:
         with threads_ctx, torch.inference_mode():
             if drift_correction:
-                from estimators.speed import ProbeTimer
                 timer = ProbeTimer(x.shape, device, threads)
-                times, probe_times = _paired_runs(model, x, timer, runs, warmup)
-            else:
-                times = _timed_runs(model, x, runs, warmup)
+            with Preemptions() as preempted:
+                if drift_correction:
+                    times, probe_times = _paired_runs(model, x, timer, runs, warmup)
+                else:
+                    times = _timed_runs(model, x, runs, warmup)
     finally:
         model.train(was_training)
     stats: dict[str, object] = {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times)),
                                 "p90_ms": float(np.percentile(times, 90)), "runs": runs, "batch_size": batch_size,
-                                "device": str(device)}
+                                "device": str(device),
+                                "preemptions_per_pass": preempted.per_pass((warmup + runs) * (3 if drift_correction else 1))}
     if drift_correction:
         stats["corrected_ms"] = timer.corrected(times, probe_times)
         stats["probe"] = {**timer.describe(), "median_now_ms": float(np.median(probe_times))}
     return stats
 
 
-def _paired_runs(model: nn.Module, x: torch.Tensor, timer, runs: int, warmup: int) -> tuple[list[float], list[float]]:
-    """Each of `runs` passes (after `warmup`) followed by one probe pass: both lists of milliseconds."""
+def _paired_runs(model: nn.Module, x: torch.Tensor, timer: ProbeTimer, runs: int,
+                 warmup: int) -> tuple[list[float], list[float]]:
+    """Each of `runs` passes (after `warmup`) followed by the probe's (ProbeTimer.time): both lists of ms."""
     from estimators.speed import time_once
     times, probe_times = [], []
     for i in range(warmup + runs):

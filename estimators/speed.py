@@ -63,6 +63,49 @@ class SpeedProbe(nn.Module):
         return self.body(x)
 
 
+BUSY_PREEMPTIONS = 0.2  # involuntary context switches per timed pass above which a measurement is flagged
+
+
+class Preemptions:
+    """Involuntary context switches of this process over a block (getrusage; None where the OS has no count).
+
+    Drift correction covers a machine running slower, not one whose cores are shared out in time slices among
+    more runnable processes than cores: then a long pass is cut into pieces while a short probe pass mostly fits
+    in one slice, and both the raw and the corrected figures come out inflated (on the 2-core machine, beside a
+    4-process test run: 0.7 switches per pass, the corrected figure 6.5-10 ms for a network at 4.9 ms idle;
+    0.03-0.04 per pass on the idle machine).
+    Measurements report `preemptions_per_pass`; above BUSY_PREEMPTIONS the commands warn."""
+
+    def __enter__(self) -> "Preemptions":
+        self.start, self.count = _involuntary_switches(), None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = _involuntary_switches()
+        self.count = None if end is None or self.start is None else end - self.start
+
+    def per_pass(self, passes: int) -> float | None:
+        return None if self.count is None else self.count / max(1, passes)
+
+
+def _involuntary_switches() -> int | None:
+    try:
+        import resource
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw)
+    except (ImportError, AttributeError, OSError):
+        return None
+
+
+def busy_warning(preemptions_per_pass: float | None) -> str | None:
+    """The one-line warning for a measurement taken while other processes competed for the cores, or None."""
+    if preemptions_per_pass is None or preemptions_per_pass <= BUSY_PREEMPTIONS:
+        return None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"the timing process was preempted {preemptions_per_pass:.2f} times per pass (load average {load:.1f} on "
+            f"{os.cpu_count()} cores): other processes were competing for the cores, so these latencies, raw and "
+            f"drift-corrected, are inflated; measure again on an idle machine")
+
+
 def speed_file() -> Path:
     """$POSENAS_SPEED_FILE, else speed.json in the project's cache ($POSENAS_CACHE, default ~/.cache/posenas)."""
     if os.environ.get(FILE_ENV):

@@ -19,7 +19,7 @@ from torch import nn
 
 from estimators.complexity import count_gflops
 from estimators.latency import _cpu_threads, _sync
-from estimators.speed import ProbeTimer
+from estimators.speed import Preemptions, ProbeTimer
 
 
 def is_temporal(net: nn.Module) -> bool:
@@ -86,23 +86,26 @@ def frame_latency_ms(net: nn.Module, input_size: Sequence[int], cycles: int = 10
     with _cpu_threads(threads if device.type == "cpu" else None):
         timer = ProbeTimer((1, 3, *size), device, threads) if drift_correction else None
         net.reset()
-        for c in range(warmup + cycles):
-            for t in range(length):
-                image = torch.randn(1, 3, *size, generator=g).to(device)
-                affine = torch.tensor([[[1.0, 0.0, -float(c * length + t)], [0.0, 1.0, 0.0]]], device=device)
-                _sync(device)
-                start = time.perf_counter()
-                net.step(image, affine)
-                _sync(device)
-                if c >= warmup:
-                    times[t].append((time.perf_counter() - start) * 1e3)
-            if timer is not None:
-                probe = timer.time()
-                if c >= warmup:
-                    probe_times.append(probe)
+        with Preemptions() as preempted:
+            for c in range(warmup + cycles):
+                for t in range(length):
+                    image = torch.randn(1, 3, *size, generator=g).to(device)
+                    affine = torch.tensor([[[1.0, 0.0, -float(c * length + t)], [0.0, 1.0, 0.0]]], device=device)
+                    _sync(device)
+                    start = time.perf_counter()
+                    net.step(image, affine)
+                    _sync(device)
+                    if c >= warmup:
+                        times[t].append((time.perf_counter() - start) * 1e3)
+                if timer is not None:
+                    probe = timer.time()
+                    if c >= warmup:
+                        probe_times.append(probe)
     medians = [float(np.median(ts)) for ts in times]
+    passes = (warmup + cycles) * (length + (2 if timer is not None else 0))
     out: dict[str, object] = {"per_position": medians, "mean_per_frame": sum(medians) / length, "cycles": cycles,
-                              "device": str(device), "threads": threads}
+                              "device": str(device), "threads": threads,
+                              "preemptions_per_pass": preempted.per_pass(passes)}
     if timer is not None:
         corrected = [timer.corrected(ts, probe_times) for ts in times]
         out.update(corrected_per_position=corrected, corrected_per_frame=sum(corrected) / length,

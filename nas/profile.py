@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from estimators.complexity import count_gflops, count_gflops_summary_rule, count_params
 from estimators.latency import measure_latency
 from estimators.latency_table import LatencyTable
+from estimators.speed import busy_warning
 from estimators.temporal_cost import frame_gflops, frame_latency_ms, is_temporal
 from nas.budget import check_budget
 from nas.cli import positional_to_override, user_errors
@@ -104,7 +105,7 @@ def _profile_temporal(cfg: DictConfig, genotype, space, model, input_size: list,
         # the key network on every frame costs its key-frame step each frame: timed interleaved with the light
         # frames, so the ratio holds where the machine's speed drifts between runs (on the 2-core machine the
         # same network's latency varied 1.8x over minutes; a separate timing right after varied the ratio 0.82-0.96)
-        result["latency"] = {"per_frame_ms": stats["mean_per_frame"],
+        result["latency"] = {"per_frame_ms": stats["mean_per_frame"], "preemptions_per_pass": stats["preemptions_per_pass"],
                              "per_position_ms": dict(zip(positions, stats["per_position"])),
                              "key_every_frame_ms": stats["per_position"][0],
                              "cycles": cfg.runs, "device": str(device), "threads": threads}
@@ -135,7 +136,13 @@ def _report_temporal(result: dict) -> list[str]:
             each = ", ".join(f"{k} {v:.2f}" for k, v in lat["corrected_per_position_ms"].items())
             lines.append(f"drift-corrected: {lat['corrected_per_frame_ms']:.2f} ms per frame ({each} ms); "
                          + _probe_text(lat["probe"]))
+        lines += _busy_lines(lat)
     return lines
+
+
+def _busy_lines(lat: dict) -> list[str]:
+    warning = busy_warning(lat.get("preemptions_per_pass"))
+    return [f"warning: {warning}"] if warning else []
 
 
 def _probe_text(probe: dict) -> str:
@@ -164,6 +171,7 @@ def report(result: dict) -> str:
                      f"{lat['device']}{threads})")
         if "corrected_ms" in lat:
             lines.append(f"drift-corrected latency {lat['corrected_ms']:.2f} ms " + _probe_text(lat["probe"]))
+        lines += _busy_lines(lat)
     est = result.get("latency_table")
     if est:
         missing = f", {est['blocks_missing']} block(s) not in the table" if est["blocks_missing"] else ""

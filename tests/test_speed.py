@@ -69,7 +69,7 @@ def test_a_slow_spell_moves_the_raw_median_not_the_corrected_figure(speed_path, 
     timer = ProbeTimer((1, 3, 8, 8), "cpu", threads=1)
     timer.probe = _Takes(clock, 2.0)
     net = _Takes(clock, 6.0, slow_down_after=3, factor=1.8)
-    monkeypatch.setattr("estimators.speed.ProbeTimer", lambda *a, **k: timer)
+    monkeypatch.setattr("estimators.latency.ProbeTimer", lambda *a, **k: timer)
     stats = measure_latency(net, (8, 8), "cpu", runs=10, warmup=0, threads=1, drift_correction=True)
     assert stats["median_ms"] == pytest.approx(10.8)
     assert stats["corrected_ms"] == pytest.approx(6.0)
@@ -144,3 +144,24 @@ def test_cli_is_installed_as_a_module():
     import subprocess
     out = subprocess.run([sys.executable, "-m", "nas.tools.speed", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "calibration" in out.stdout
+
+
+def test_preemptions_are_counted_per_pass_and_flagged_above_the_threshold(monkeypatch):
+    counts = iter([10, 25])
+    monkeypatch.setattr(speed, "_involuntary_switches", lambda: next(counts))
+    with speed.Preemptions() as preempted:
+        pass
+    assert preempted.count == 15 and preempted.per_pass(30) == pytest.approx(0.5)
+    assert speed.busy_warning(None) is None and speed.busy_warning(speed.BUSY_PREEMPTIONS) is None
+    assert "preempted 0.50 times per pass" in speed.busy_warning(0.5)
+
+
+def test_profile_report_warns_when_the_timing_was_preempted():
+    from nas.profile import report
+    result = {"genotype": "g.json", "space": "plain_conv", "space_args": {}, "input_size": [8, 8], "params": 10,
+              "GFLOPs": 0.001, "GFLOPs_summary_rule": 0.001, "activation_GB": 0.0,
+              "latency": {"median_ms": 1.0, "mean_ms": 1.0, "p90_ms": 1.0, "runs": 3, "batch_size": 1,
+                          "device": "cpu", "threads": 1, "preemptions_per_pass": 0.7}}
+    assert "warning: the timing process was preempted 0.70 times per pass" in report(result)
+    result["latency"]["preemptions_per_pass"] = 0.0
+    assert "warning" not in report(result)

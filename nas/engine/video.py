@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from estimators.complexity import count_gflops
+from estimators.speed import busy_warning
 from estimators.temporal_cost import KeyOnly, frame_gflops, frame_latency_ms, is_temporal
 from nas.data.build_video import load_key
 from nas.engine.clips import frames_loss, temporal_loss
@@ -100,6 +101,10 @@ def video_results(model: nn.Module, data: Any, device: torch.device, decode: str
     # the same at the machine's calibrated speed (estimators/speed.py): what the search's constraint compares
     frames["latency_ms_per_frame_corrected"] = latency["corrected_per_frame"]
     frames["latency_calibration"] = {k: v for k, v in latency["probe"].items() if k != "median_now_ms"}
+    frames["latency_preemptions_per_pass"] = latency["preemptions_per_pass"]
+    warning = busy_warning(latency["preemptions_per_pass"])
+    if warning:
+        log.warning("per-frame latency: %s", warning)
     model.to(device)
     return {"AP_gt_boxes": gt.metrics["AP"], **blind, **frames, "latency_threads": LATENCY_THREADS,
             "boxes": "AP: crops from the previous frame's prediction (online); AP_gt_boxes: ground-truth crops",
