@@ -79,10 +79,10 @@ def measure_latency(model: nn.Module, input_size: tuple[int, int], device: str |
                     times = _timed_runs(model, x, runs, warmup)
     finally:
         model.train(was_training)
+    passes = (warmup + runs) * (3 if drift_correction else 1)  # a probe timing is two passes
     stats: dict[str, object] = {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times)),
                                 "p90_ms": float(np.percentile(times, 90)), "runs": runs, "batch_size": batch_size,
-                                "device": str(device),
-                                "preemptions_per_pass": preempted.per_pass((warmup + runs) * (3 if drift_correction else 1))}
+                                "device": str(device), "preemptions_per_pass": preempted.per_pass(passes)}
     if drift_correction:
         stats["corrected_ms"] = timer.corrected(times, probe_times)
         stats["probe"] = {**timer.describe(), "median_now_ms": float(np.median(probe_times))}

@@ -105,7 +105,8 @@ def _profile_temporal(cfg: DictConfig, genotype, space, model, input_size: list,
         # the key network on every frame costs its key-frame step each frame: timed interleaved with the light
         # frames, so the ratio holds where the machine's speed drifts between runs (on the 2-core machine the
         # same network's latency varied 1.8x over minutes; a separate timing right after varied the ratio 0.82-0.96)
-        result["latency"] = {"per_frame_ms": stats["mean_per_frame"], "preemptions_per_pass": stats["preemptions_per_pass"],
+        result["latency"] = {"per_frame_ms": stats["mean_per_frame"],
+                             "preemptions_per_pass": stats["preemptions_per_pass"],
                              "per_position_ms": dict(zip(positions, stats["per_position"])),
                              "key_every_frame_ms": stats["per_position"][0],
                              "cycles": cfg.runs, "device": str(device), "threads": threads}

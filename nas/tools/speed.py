@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(path)
         for key, entry in sorted(entries.items()):
-            print(f"  {key}: probe {entry.get('probe_ms', float('nan')):.3f} ms (median {entry.get('median_ms', 0):.3f},"
-                  f" {entry.get('runs')} runs over {entry.get('seconds')} s, {entry.get('when')})")
+            probe, median = entry.get("probe_ms", float("nan")), entry.get("median_ms", float("nan"))
+            print(f"  {key}: probe {probe:.3f} ms (median {median:.3f}, {entry.get('runs')} runs over "
+                  f"{entry.get('seconds')} s, {entry.get('when')})")
         return 0
     if args.seconds is not None and args.seconds <= 0:
         print("error: --seconds must be positive", file=sys.stderr)
