@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from estimators.speed import Preemptions, ProbeTimer
+from estimators.speed import Preemptions, ProbeTimer, _sync
 
 
 @contextlib.contextmanager
@@ -29,12 +29,6 @@ def _cpu_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _sync(device: torch.device) -> None:
-    """CUDA kernels are asynchronous: wait for them, or the timer measures only the launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _timed_runs(model: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> list[float]:

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from estimators.complexity import count_gflops
-from estimators.latency import _cpu_threads, _sync
-from estimators.speed import Preemptions, ProbeTimer
+from estimators.latency import _cpu_threads
+from estimators.speed import Preemptions, ProbeTimer, _sync
 
 
 def is_temporal(net: nn.Module) -> bool:
